@@ -1,0 +1,113 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { after, describe, it } from 'node:test';
+import { firstValueFrom } from 'rxjs';
+import { isWarrenError } from '../../src/shared/errors.ts';
+import type { ResponseHead } from '../../src/transport/messages.ts';
+import { INITIAL_WINDOW_BYTES, type MuxStream } from '../../src/transport/session.ts';
+import { createMuxPair } from '../support/mux-pair.ts';
+
+const head = { kind: 'http' as const, method: 'GET', target: '/', headers: ['Host', 'a.test'] };
+
+function collect(stream: MuxStream): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const parts: Buffer[] = [];
+    stream.on('data', (c: Buffer) => parts.push(c));
+    stream.once('end', () => resolve(Buffer.concat(parts)));
+    stream.once('error', reject);
+  });
+}
+
+describe('MuxSession over a real socket', () => {
+  it('carries a request and a response with bodies both ways', async () => {
+    const pair = await createMuxPair();
+    after(() => pair.close());
+    const incoming = firstValueFrom(pair.agent.streams$);
+    const s = pair.edge.openStream({ ...head, method: 'POST' });
+    s.end('ping body');
+    const a = await incoming;
+    assert.equal(a.requestHead?.method, 'POST');
+    assert.equal((await collect(a)).toString(), 'ping body');
+    a.respond({ status: 201, headers: ['X-A', '1', 'x-a', '2'] });
+    a.end('pong');
+    const res = await new Promise<ResponseHead>((r) => s.once('response', r));
+    assert.deepEqual(res, { status: 201, headers: ['X-A', '1', 'x-a', '2'] });
+    assert.equal((await collect(s)).toString(), 'pong');
+    assert.equal(pair.edge.activeStreams, 0);
+  });
+
+  it('moves 32 MiB through flow control with a slow reader and keeps buffers within the window', async () => {
+    const pair = await createMuxPair();
+    after(() => pair.close());
+    const incoming = firstValueFrom(pair.agent.streams$);
+    const s = pair.edge.openStream(head, { endStream: true });
+    const a = await incoming;
+    a.respond({ status: 200, headers: [] });
+    const total = 32 * 1024 * 1024;
+    const chunk = Buffer.alloc(100_000, 7);
+    const sent = createHash('sha256');
+    let written = 0;
+    const writeMore = () => {
+      while (written < total) {
+        const n = Math.min(chunk.length, total - written);
+        const c = chunk.subarray(0, n);
+        sent.update(c);
+        written += n;
+        if (!a.write(c)) return void a.once('drain', writeMore);
+      }
+      a.end();
+    };
+    writeMore();
+    const got = createHash('sha256');
+    let bytes = 0;
+    let maxBuffered = 0;
+    await new Promise<void>((resolve, reject) => {
+      s.on('readable', () => {
+        maxBuffered = Math.max(maxBuffered, s.readableLength);
+        // Read slowly: one chunk per readable event.
+        const c = s.read() as Buffer | null;
+        if (c) {
+          got.update(c);
+          bytes += c.length;
+        }
+      });
+      s.once('end', resolve);
+      s.once('error', reject);
+    });
+    assert.equal(bytes, total);
+    assert.equal(got.digest('hex'), sent.digest('hex'));
+    assert.ok(maxBuffered <= s.receiveWindow, `buffered ${maxBuffered} > window ${s.receiveWindow}`);
+    assert.ok(s.receiveWindow >= INITIAL_WINDOW_BYTES);
+  });
+
+  it('a reset reaches the other side as a stream_reset error', async () => {
+    const pair = await createMuxPair();
+    after(() => pair.close());
+    const incoming = firstValueFrom(pair.agent.streams$);
+    const s = pair.edge.openStream(head);
+    const a = await incoming;
+    const err = new Promise<Error>((r) => a.once('error', r));
+    s.reset();
+    const e = await err;
+    assert.ok(isWarrenError(e, 'stream_reset'), String(e));
+    assert.equal(pair.edge.activeStreams, 0);
+  });
+
+  it('graceful close lets an open stream finish, then closes both sessions', async () => {
+    const pair = await createMuxPair();
+    after(() => pair.close());
+    const incoming = firstValueFrom(pair.agent.streams$);
+    const s = pair.edge.openStream(head, { endStream: true });
+    const a = await incoming;
+    const closing = pair.agent.close();
+    assert.throws(
+      () => pair.agent.openStream(head),
+      (e) => isWarrenError(e, 'session_closed'),
+    );
+    a.respond({ status: 200, headers: [] });
+    a.end('late but whole');
+    assert.equal((await collect(s)).toString(), 'late but whole');
+    await closing;
+    assert.deepEqual(await pair.edge.closed, {});
+  });
+});
