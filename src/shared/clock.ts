@@ -79,3 +79,14 @@ export class ManualClock implements Clock {
     this.#now = target;
   }
 }
+
+/** An AbortSignal that aborts after `delayMs` on the given clock (AbortSignal.timeout only knows real time). */
+export function clockTimeoutSignal(clock: Clock, delayMs: number): AbortSignal {
+  const controller = new AbortController();
+  const handle = clock.setTimeout(
+    () => controller.abort(new Error(`timed out after ${delayMs} ms`)),
+    delayMs,
+  );
+  controller.signal.addEventListener('abort', () => clock.clearTimeout(handle), { once: true });
+  return controller.signal;
+}

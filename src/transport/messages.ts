@@ -37,6 +37,8 @@ export interface ResponseHead {
 }
 
 export interface ClientInfo {
+  /** Random per agent process: tells replicas of one tunnel apart. */
+  id: string;
   version: string;
   os: string;
   arch: string;
@@ -139,7 +141,9 @@ const bin = (v: unknown): v is Buffer => Buffer.isBuffer(v) || v instanceof Uint
  */
 export function decodeControl(payload: Buffer): ControlMessage | undefined {
   const v = unpack(payload, 'control message');
-  const bad = () => new WarrenError('protocol_error', `malformed control message of type ${String(v.type)}`);
+  // Not String(v.type): a peer can send { type: { toString: 0 } }, and String() of that throws a TypeError.
+  const type = typeof v.type === 'string' ? v.type : `<${typeof v.type}>`;
+  const bad = () => new WarrenError('protocol_error', `malformed control message of type ${type}`);
   switch (v.type) {
     case 'hello':
       if (
@@ -182,6 +186,7 @@ export function decodeControl(payload: Buffer): ControlMessage | undefined {
         connIndex: v.connIndex,
         proof: Buffer.from(v.proof),
         client: {
+          id: str(c.id) ? c.id : '',
           version: c.version,
           os: c.os,
           arch: c.arch,

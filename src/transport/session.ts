@@ -106,6 +106,8 @@ export class MuxSession {
   #state: SessionState = 'open';
   #peerGoAway = false;
   #closeError: WarrenError | undefined;
+  /** Set once this side has sent GOAWAY for a connection error: nothing the peer sends counts any more. */
+  #failed = false;
   #lastReceivedAt: number;
   #heartbeat: TimerHandle | undefined;
   #pingSeq = 0;
@@ -274,7 +276,8 @@ export class MuxSession {
 
   /** A fault of the whole connection: tell the peer why, then close. */
   #connectionError(code: ErrorCode, wire: WireError, message: string): void {
-    if (this.#state === 'closed') return;
+    if (this.#state === 'closed' || this.#failed) return;
+    this.#failed = true;
     this.#log.warn({ code, wire: wireErrorName(wire) }, `warren/1 session error: ${message}`);
     this.#closeError ??= new WarrenError(code, message, { retryable: true });
     this.#setState('going_away');
@@ -286,6 +289,9 @@ export class MuxSession {
         payload: encodeGoAway(this.#lastPeerId, wire, message),
       }),
     );
+    // Write now even if the writer is waiting for 'drain': end() comes next, after which no 'drain'
+    // arrives and #flush writes nothing, so a GOAWAY left queued would be lost. The socket buffers it.
+    this.#waitingDrain = false;
     this.#flush();
     this.#endSocket();
   }
@@ -349,6 +355,8 @@ export class MuxSession {
   // ---------------------------------------------------------------- reading
 
   #onData(chunk: Buffer): void {
+    // After a connection error the byte stream may be misframed (an oversize frame is never consumed).
+    if (this.#failed) return;
     this.#lastReceivedAt = this.#clock.now();
     try {
       this.#decoder.push(chunk, this.#onFrame);
@@ -363,7 +371,8 @@ export class MuxSession {
   }
 
   readonly #onFrame = (frame: Frame): void => {
-    if (this.#state === 'closed') return;
+    // Later frames of the chunk that held the fault must not reach streams or control$.
+    if (this.#state === 'closed' || this.#failed) return;
     switch (frame.type) {
       case FrameType.DATA:
         return this.#onDataFrame(frame);
@@ -691,6 +700,11 @@ export class MuxStream extends Duplex {
     } else if (this.#outBytes > 0) {
       this.#session.markReady(this);
     }
+  }
+
+  /** The peer has ended its side (END received): for a request, there is no more body. */
+  get remoteEnded(): boolean {
+    return this.#remoteEnded;
   }
 
   get headSent(): boolean {

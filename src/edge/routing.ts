@@ -1,0 +1,78 @@
+/**
+ * The edge's routing table: which tunnel serves a hostname, and which of its live connections takes
+ * the next visitor request (the one with the fewest streams in flight). In memory only; rebuilt from
+ * the event log at start.
+ */
+import type { MuxSession } from '../transport/session.ts';
+
+export interface RoutedConnection {
+  connectionId: string;
+  tunnelId: string;
+  connIndex: number;
+  /** The agent process (connector) this connection belongs to. */
+  clientId: string;
+  session: MuxSession;
+}
+
+export class RoutingTable {
+  readonly #hostToTunnel = new Map<string, string>();
+  readonly #connections = new Map<string, Map<string, RoutedConnection>>();
+
+  setHostname(hostname: string, tunnelId: string): void {
+    this.#hostToTunnel.set(hostname.toLowerCase(), tunnelId);
+  }
+
+  removeHostname(hostname: string): void {
+    this.#hostToTunnel.delete(hostname.toLowerCase());
+  }
+
+  tunnelForHost(hostname: string): string | undefined {
+    return this.#hostToTunnel.get(hostname);
+  }
+
+  add(conn: RoutedConnection): void {
+    let conns = this.#connections.get(conn.tunnelId);
+    if (!conns) {
+      conns = new Map();
+      this.#connections.set(conn.tunnelId, conns);
+    }
+    conns.set(conn.connectionId, conn);
+  }
+
+  /** Returns whether the connection was routable until now. */
+  remove(tunnelId: string, connectionId: string): boolean {
+    const conns = this.#connections.get(tunnelId);
+    if (!conns?.delete(connectionId)) return false;
+    if (conns.size === 0) this.#connections.delete(tunnelId);
+    return true;
+  }
+
+  connectionsOf(tunnelId: string): RoutedConnection[] {
+    return [...(this.#connections.get(tunnelId)?.values() ?? [])];
+  }
+
+  findByIndex(tunnelId: string, clientId: string, connIndex: number): RoutedConnection | undefined {
+    for (const c of this.#connections.get(tunnelId)?.values() ?? []) {
+      if (c.clientId === clientId && c.connIndex === connIndex) return c;
+    }
+    return undefined;
+  }
+
+  /** The live connection with the fewest in-flight streams, skipping ones that are going away. */
+  pick(tunnelId: string): RoutedConnection | undefined {
+    const conns = this.#connections.get(tunnelId);
+    if (!conns) return undefined;
+    let best: RoutedConnection | undefined;
+    for (const c of conns.values()) {
+      if (c.session.goingAway) continue;
+      if (!best || c.session.activeStreams < best.session.activeStreams) best = c;
+    }
+    return best;
+  }
+
+  get connectionCount(): number {
+    let n = 0;
+    for (const conns of this.#connections.values()) n += conns.size;
+    return n;
+  }
+}

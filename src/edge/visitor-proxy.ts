@@ -1,0 +1,253 @@
+/**
+ * The visitor listener: HTTP/1.1 requests (and Upgrade/WebSocket) routed by Host to a live tunnel
+ * connection, one warren/1 stream per request. Bodies stream both ways with backpressure: `.pipe()`
+ * between the visitor's socket and the stream, whose credit bounds what is buffered. (`.pipe()` and
+ * hand-wired errors rather than `stream.pipeline()`, which costs an AbortController per call.)
+ */
+import http from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../shared/log.ts';
+import { stripHopByHop } from '../transport/hop-by-hop.ts';
+import type { RequestHead, ResponseHead, StreamKind } from '../transport/messages.ts';
+import type { MuxStream } from '../transport/session.ts';
+import type { EdgeMetrics } from './metrics.ts';
+import { type ErrorPage, edgeErrorPage, noTunnelPage, originErrorPage } from './pages.ts';
+import type { RoutingTable } from './routing.ts';
+
+export interface VisitorProxyComponents {
+  routing: RoutingTable;
+  log: Logger;
+  metrics: EdgeMetrics;
+}
+
+export interface VisitorProxyInit {
+  /** Largest request head accepted from a visitor (default 64 KiB, the warren/1 head limit). */
+  maxHeaderBytes?: number;
+  /** Idle keep-alive visitor connections are closed after this long (default 5 s, as Node). */
+  keepAliveTimeoutMs?: number;
+}
+
+/** Host header → lower-case hostname without port. */
+export function hostnameOf(hostHeader: string | undefined): string {
+  if (!hostHeader) return '';
+  let h = hostHeader.trim().toLowerCase();
+  if (h.startsWith('[')) {
+    const end = h.indexOf(']');
+    return end === -1 ? h : h.slice(0, end + 1);
+  }
+  const colon = h.indexOf(':');
+  if (colon !== -1) h = h.slice(0, colon);
+  return h.endsWith('.') ? h.slice(0, -1) : h;
+}
+
+const FORWARDING = new Set(['x-forwarded-proto', 'warren-connecting-ip']);
+
+/**
+ * The head the agent receives: the visitor's headers minus hop-by-hop ones, plus X-Forwarded-For,
+ * X-Forwarded-Proto and Warren-Connecting-IP (the latter two replace anything the visitor sent, so
+ * they cannot be forged).
+ */
+export function buildRequestHead(
+  req: http.IncomingMessage,
+  kind: StreamKind,
+  clientIp: string,
+  proto: string,
+): RequestHead {
+  const headers: string[] = [];
+  let xff: string | undefined;
+  const raw = kind === 'http' ? stripHopByHop(req.rawHeaders) : req.rawHeaders;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    const lower = name.toLowerCase();
+    if (lower === 'x-forwarded-for') {
+      xff = xff === undefined ? raw[i + 1]! : `${xff}, ${raw[i + 1]!}`;
+      continue;
+    }
+    if (FORWARDING.has(lower)) continue;
+    headers.push(name, raw[i + 1]!);
+  }
+  headers.push(
+    'X-Forwarded-For',
+    xff === undefined ? clientIp : `${xff}, ${clientIp}`,
+    'X-Forwarded-Proto',
+    proto,
+    'Warren-Connecting-IP',
+    clientIp,
+  );
+  return { kind, method: req.method ?? 'GET', target: req.url ?? '/', headers };
+}
+
+function hasRequestBody(req: http.IncomingMessage): boolean {
+  const te = req.headers['transfer-encoding'];
+  if (te !== undefined) return true;
+  const cl = req.headers['content-length'];
+  return cl !== undefined && cl !== '0';
+}
+
+function clientIpOf(req: http.IncomingMessage): string {
+  const ip = req.socket.remoteAddress ?? '';
+  return ip.startsWith('::ffff:') ? ip.slice(7) : ip;
+}
+
+/** A header line must not smuggle a second one in. */
+function safeHeaders(headers: readonly string[]): boolean {
+  for (const h of headers) if (h.includes('\n') || h.includes('\r')) return false;
+  return true;
+}
+
+export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProxyInit = {}): http.Server {
+  const server = http.createServer({
+    maxHeaderSize: init.maxHeaderBytes ?? 64 * 1024,
+    keepAliveTimeout: init.keepAliveTimeoutMs ?? 5000,
+    // Requests stream for as long as they need; liveness is the tunnel's business.
+    requestTimeout: 0,
+  });
+
+  const sendPage = (res: http.ServerResponse, page: ErrorPage) => {
+    c.metrics.requests.inc({ code: String(page.status) });
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const body = Buffer.from(page.html);
+    res.writeHead(page.status, {
+      'Content-Type': 'text/html; charset=utf-8',
+      'Content-Length': body.length,
+      'Cache-Control': 'no-store',
+      'Warren-Error': page.code,
+    });
+    res.end(body);
+  };
+
+  server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
+    const host = hostnameOf(req.headers.host);
+    const tunnelId = c.routing.tunnelForHost(host);
+    const conn = tunnelId === undefined ? undefined : c.routing.pick(tunnelId);
+    if (!conn) {
+      req.resume();
+      return sendPage(res, noTunnelPage(host || '(none)'));
+    }
+    const withBody = hasRequestBody(req);
+    let stream: MuxStream;
+    try {
+      stream = conn.session.openStream(buildRequestHead(req, 'http', clientIpOf(req), 'http'), {
+        endStream: !withBody,
+      });
+    } catch (err) {
+      req.resume();
+      const code = (err as { code?: string }).code ?? 'tunnel_error';
+      const status = code === 'headers_too_large' ? 431 : 503;
+      return sendPage(
+        res,
+        edgeErrorPage(status, 'The tunnel could not take this request', 'Please try again.', code),
+      );
+    }
+    const startedAt = performance.now();
+    c.metrics.concurrentStreams.inc();
+    let settled = false;
+    const settle = () => {
+      if (settled) return;
+      settled = true;
+      c.metrics.concurrentStreams.dec();
+    };
+    if (withBody) {
+      req.pipe(stream);
+      req.once('error', () => stream.reset());
+    }
+    stream.once('response', (head: ResponseHead) => {
+      c.metrics.requestDuration.observe((performance.now() - startedAt) / 1000);
+      if (head.error) {
+        stream.resume();
+        return sendPage(res, originErrorPage(host, head.error.code, head.error.message));
+      }
+      const headers = stripHopByHop(head.headers);
+      if (!safeHeaders(headers)) {
+        stream.reset();
+        return sendPage(
+          res,
+          originErrorPage(host, 'origin_bad_response', 'the origin sent a malformed header'),
+        );
+      }
+      c.metrics.requests.inc({ code: String(head.status) });
+      res.sendDate = false;
+      try {
+        if (head.statusText) res.writeHead(head.status, head.statusText, headers);
+        else res.writeHead(head.status, headers);
+      } catch (err) {
+        stream.reset();
+        return sendPage(res, originErrorPage(host, 'origin_bad_response', (err as Error).message));
+      }
+      stream.pipe(res);
+    });
+    stream.once('error', (err: Error & { code?: string }) => {
+      settle();
+      if (!res.headersSent) {
+        c.log.debug({ tunnelId, code: err.code }, `tunnel stream failed before a response: ${err.message}`);
+        return sendPage(
+          res,
+          edgeErrorPage(
+            502,
+            'The tunnel dropped this request',
+            "The connection to the origin's agent broke; please try again.",
+            err.code ?? 'tunnel_error',
+          ),
+        );
+      }
+      res.destroy();
+    });
+    stream.once('end', settle);
+    res.once('close', () => {
+      settle();
+      // The visitor went away (or the response is done): make sure the stream does not linger.
+      if (!res.writableFinished || !stream.readableEnded) stream.destroy();
+    });
+  });
+
+  server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    socket.on('error', () => {});
+    const host = hostnameOf(req.headers.host);
+    const tunnelId = c.routing.tunnelForHost(host);
+    const conn = tunnelId === undefined ? undefined : c.routing.pick(tunnelId);
+    const rawPage = (page: ErrorPage) => {
+      c.metrics.requests.inc({ code: String(page.status) });
+      socket.end(
+        `HTTP/1.1 ${page.status} ${http.STATUS_CODES[page.status] ?? 'Error'}\r\nContent-Type: text/html; charset=utf-8\r\n` +
+          `Content-Length: ${Buffer.byteLength(page.html)}\r\nWarren-Error: ${page.code}\r\nConnection: close\r\n\r\n${page.html}`,
+      );
+    };
+    if (!conn) return rawPage(noTunnelPage(host || '(none)'));
+    const kind: StreamKind =
+      String(req.headers.upgrade).toLowerCase() === 'websocket' ? 'websocket' : 'upgrade';
+    let stream: MuxStream;
+    try {
+      stream = conn.session.openStream(buildRequestHead(req, kind, clientIpOf(req), 'http'));
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? 'tunnel_error';
+      return rawPage(edgeErrorPage(503, 'The tunnel could not take this request', 'Please try again.', code));
+    }
+    if (head.length > 0) stream.write(head);
+    stream.once('response', (rh: ResponseHead) => {
+      if (rh.error) return rawPage(originErrorPage(host, rh.error.code, rh.error.message));
+      if (!safeHeaders(rh.headers)) {
+        stream.reset();
+        return rawPage(originErrorPage(host, 'origin_bad_response', 'the origin sent a malformed header'));
+      }
+      c.metrics.requests.inc({ code: String(rh.status) });
+      let text = `HTTP/1.1 ${rh.status} ${rh.statusText ?? http.STATUS_CODES[rh.status] ?? ''}\r\n`;
+      for (let i = 0; i < rh.headers.length; i += 2) text += `${rh.headers[i]}: ${rh.headers[i + 1]}\r\n`;
+      socket.write(`${text}\r\n`);
+      // After a 101 both directions are raw bytes; otherwise the origin's body follows and the
+      // connection ends with it (we asked for an upgrade, so no keep-alive).
+      stream.pipe(socket);
+      if (rh.status === 101) socket.pipe(stream);
+    });
+    stream.once('error', () => socket.destroy());
+    socket.once('close', () => stream.destroy());
+  });
+
+  server.on('clientError', (_err, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+    else socket.destroy();
+  });
+  return server;
+}
