@@ -120,34 +120,32 @@ export async function startAgent(components: AgentComponents, config: AgentConfi
 
   const machine = connectionMachine.provide({
     actors: {
-      connect: fromPromise<LiveConnection, ConnectInput>(
-        async ({ input, signal }) => {
-          if (input.previousAttempts > 0) reconnects.inc();
-          const conn = await connectTunnel(
-            {
-              clock,
-              log,
-              credentials: config.credentials,
-              proxy,
-              client,
-              heartbeatIntervalMs: config.heartbeatIntervalMs,
-              heartbeatMissedLimit: config.heartbeatMissedLimit,
-              handshakeTimeoutMs: config.handshakeTimeoutMs,
-              maxConcurrentStreams: config.maxConcurrentStreams,
-            },
-            { connIndex: input.connIndex, previousAttempts: input.previousAttempts, signal },
-          );
-          live.set(input.connIndex, conn);
-          registrations.inc();
+      connect: fromPromise<LiveConnection, ConnectInput>(async ({ input, signal }) => {
+        if (input.previousAttempts > 0) reconnects.inc();
+        const conn = await connectTunnel(
+          {
+            clock,
+            log,
+            credentials: config.credentials,
+            proxy,
+            client,
+            heartbeatIntervalMs: config.heartbeatIntervalMs,
+            heartbeatMissedLimit: config.heartbeatMissedLimit,
+            handshakeTimeoutMs: config.handshakeTimeoutMs,
+            maxConcurrentStreams: config.maxConcurrentStreams,
+          },
+          { connIndex: input.connIndex, previousAttempts: input.previousAttempts, signal },
+        );
+        live.set(input.connIndex, conn);
+        registrations.inc();
+        haGauge.set(live.size);
+        void conn.session.closed.then(() => {
+          if (live.get(input.connIndex) === conn) live.delete(input.connIndex);
           haGauge.set(live.size);
-          void conn.session.closed.then(() => {
-            if (live.get(input.connIndex) === conn) live.delete(input.connIndex);
-            haGauge.set(live.size);
-          });
-          resolveFirst(conn);
-          return conn;
-        },
-      ),
+        });
+        resolveFirst(conn);
+        return conn;
+      }),
       watch: fromCallback<EventObject, WatchInput>(({ input, sendBack }) =>
         watchConnection(input.connection as AgentConnection, sendBack),
       ),

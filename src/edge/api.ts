@@ -28,14 +28,12 @@ export async function createApiServer(c: ApiComponents, handlers: ApiHandlers): 
     const status = (err as { statusCode?: number }).statusCode ?? 500;
     if (status >= 500)
       c.log.error({ err: err instanceof Error ? err.message : String(err) }, 'control API request failed');
-    return reply
-      .status(status)
-      .send({
-        error: {
-          code: status >= 500 ? 'internal' : 'bad_request',
-          message: status >= 500 ? 'internal error' : (err as Error).message,
-        },
-      });
+    return reply.status(status).send({
+      error: {
+        code: status >= 500 ? 'internal' : 'bad_request',
+        message: status >= 500 ? 'internal error' : (err as Error).message,
+      },
+    });
   });
   app.setNotFoundHandler((req, reply) =>
     reply
