@@ -8,7 +8,7 @@ import https from 'node:https';
 import type { Duplex } from 'node:stream';
 import type { Clock } from '../shared/clock.ts';
 import type { Logger } from '../shared/log.ts';
-import { stripHopByHop } from '../transport/hop-by-hop.ts';
+import { headerValue, stripHopByHop } from '../transport/hop-by-hop.ts';
 import type { ResponseHead } from '../transport/messages.ts';
 import type { MuxStream } from '../transport/session.ts';
 
@@ -96,6 +96,13 @@ export class OriginProxy {
         if (head.headers[i]!.toLowerCase() !== 'host') headers.push(head.headers[i]!, head.headers[i + 1]!);
       }
       headers.push('Host', this.#hostHeader);
+    }
+    if (!upgrade && !stream.remoteEnded && headerValue(headers, 'content-length') === undefined) {
+      // A body without Content-Length came chunked from the visitor, and the edge dropped
+      // Transfer-Encoding as hop-by-hop. Ask for chunked framing again: without it node frames a body
+      // only for methods it expects one on (POST, PUT, PATCH …) and writes a GET, DELETE or OPTIONS
+      // body unframed, which the origin then parses as the next request on the connection.
+      headers = [...headers, 'Transfer-Encoding', 'chunked'];
     }
     const req = this.#request({
       protocol:

@@ -359,7 +359,13 @@ export function buildProgram(): Command {
       () => process.stdout.write(`${box(['Your quick tunnel is up! Visit it at:', url])}\n`),
       () => {},
     );
+    // The agent's timers (backoff, heartbeats) are unref'd so that they never hold a stopping process
+    // open. While every connection is down and waiting to redial (say, the edge is restarting), nothing
+    // else keeps the event loop alive and node would exit with code 13 (unsettled top-level await)
+    // instead of reconnecting. Hold the process open until the agent is done.
+    const keepAlive = setInterval(() => {}, 2 ** 30);
     const exit = await agent.done;
+    clearInterval(keepAlive);
     await hello?.close();
     if (exit.error) process.stderr.write(`warren: ${describeError(exit.error)}\n`);
     process.exit(exit.exitCode);

@@ -697,7 +697,8 @@ export class MuxStream extends Duplex {
       this.#endQueued = true;
       this.end();
       this.#maybeForget();
-    } else if (this.#outBytes > 0) {
+    } else if (this.#hasQueuedData()) {
+      // Body bytes, or the END of an empty body, written before the head: they may go now.
       this.#session.markReady(this);
     }
   }
@@ -931,6 +932,17 @@ export class MuxStream extends Duplex {
 
   override _read(): void {
     this.#maybeGrantCredit();
+  }
+
+  /**
+   * Node calls `_read` before it takes the bytes out of the buffer, and not again until the next push.
+   * A reader that lets the window fill and then empties it (`for await`, `read()` in paused mode) would
+   * leave the peer without credit and the stream wedged, so credit is also checked after each read.
+   */
+  override read(size?: number): Buffer | null {
+    const chunk = super.read(size) as Buffer | null;
+    this.#maybeGrantCredit();
+    return chunk;
   }
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
