@@ -47,6 +47,8 @@ import {
 /** Fixed by protocol version 1: every stream starts with this much credit in each direction. */
 export const INITIAL_WINDOW_BYTES = 256 * 1024;
 const MAX_CREDIT = 2 ** 31 - 1;
+/** Largest stream id (31 bits, as HTTP/2), so ids stay positive in every peer's integer type. */
+const MAX_STREAM_ID = 2 ** 31 - 1;
 
 export interface SessionInit {
   /** The edge opens odd stream ids, the agent even ones. */
@@ -199,6 +201,11 @@ export class MuxSession {
         'headers_too_large',
         `request head of ${payload.length} bytes exceeds ${MAX_FRAME_PAYLOAD}`,
       );
+    }
+    if (this.#nextLocalId > MAX_STREAM_ID) {
+      // Ids never wrap: a session that used them all winds down and its peer dials a fresh one.
+      void this.close({ reason: 'stream ids exhausted' });
+      throw new WarrenError('session_closed', 'session has used all its stream ids', { retryable: true });
     }
     const id = this.#nextLocalId;
     this.#nextLocalId += 2;
