@@ -17,7 +17,7 @@ export interface OriginProxyInit {
   originUrl: URL;
   /** TCP connect timeout to the origin (default 30 s, as cloudflared). */
   connectTimeoutMs?: number;
-  /** Idle origin connections kept open (default 100). */
+  /** Idle origin connections kept open (default 1024, the stream limit: fewer makes busy tunnels reconnect to the origin). */
   keepAliveConnections?: number;
   /** How long an idle origin connection is kept (default 90 s). */
   keepAliveTimeoutMs?: number;
@@ -57,7 +57,7 @@ export class OriginProxy {
     const secure = init.originUrl.protocol === 'https:' || init.originUrl.protocol === 'wss:';
     const agentOptions = {
       keepAlive: true,
-      maxFreeSockets: init.keepAliveConnections ?? 100,
+      maxFreeSockets: init.keepAliveConnections ?? 1024,
       timeout: init.keepAliveTimeoutMs ?? 90_000,
       scheduling: 'lifo' as const,
     };
@@ -191,6 +191,9 @@ export class OriginProxy {
       req.end();
     } else if (stream.remoteEnded) {
       req.end();
+      // Nothing to read, but the stream only ends (and closes, and frees its slot) once its readable
+      // side has been consumed.
+      stream.resume();
     } else {
       stream.pipe(req);
     }
