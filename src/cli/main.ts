@@ -12,12 +12,11 @@ import { Registry } from 'prom-client';
 import { type Agent, defaultAgentConfig, startAgent } from '../agent/agent.ts';
 import { startHelloWorld } from '../agent/hello-world.ts';
 import { requestQuickTunnel } from '../agent/quick-tunnel.ts';
-import { defaultEdgeConfig, type Edge, type EdgeConfig, startEdge } from '../edge/edge.ts';
+import { defaultEdgeConfig, type EdgeConfig } from '../edge/config.ts';
+import type { Edge } from '../edge/edge.ts';
 import { systemClock } from '../shared/clock.ts';
 import { describeError, WarrenError } from '../shared/errors.ts';
 import { createLogger, type Logger } from '../shared/log.ts';
-import { openLevelEventLog } from '../store/level-event-log.ts';
-import { openMemoryEventLog } from '../store/memory-event-log.ts';
 import { parseDurationMs, parseHostPort, parseOriginUrl, parsePositiveInt } from './args.ts';
 
 const hostPort = (flag: string) => (v: string) => parseHostPort(v, flag);
@@ -79,6 +78,10 @@ async function runEdge(opts: EdgeOptions, log: Logger): Promise<Edge> {
     drainTimeoutMs: opts.drainTimeout,
   };
   if (!opts.memory) config.dataDir = opts.dataDir;
+  // Loaded here, not at the top: an agent process never needs the edge's LevelDB, fastify or x509.
+  const { startEdge } = await import('../edge/edge.ts');
+  const { openMemoryEventLog } = await import('../store/memory-event-log.ts');
+  const { openLevelEventLog } = await import('../store/level-event-log.ts');
   const eventLog = opts.memory
     ? openMemoryEventLog({ clock: systemClock })
     : await openLevelEventLog({ clock: systemClock, log }, { dataDir: path.join(opts.dataDir, 'events') });
