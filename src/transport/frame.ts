@@ -115,14 +115,26 @@ export function decodeU32(payload: Buffer, what: string): number {
  * Incremental decoder. `push(chunk, onFrame)` calls `onFrame` for each complete frame, in order.
  * Payloads are views into the input where a frame lies within one chunk (no copy on the hot path);
  * a frame split across chunks is assembled into a fresh buffer.
+ *
+ * With `streamData`, a DATA frame split across chunks is not assembled: it is delivered as several
+ * DATA frames for the same stream, in order, as its bytes arrive — views into the chunks, no copy —
+ * and only the last piece carries the frame's END flag. TLS hands over at most one 16 KiB record per
+ * read, so without this every 64 KiB DATA frame would be copied once more and become garbage.
  */
 export class FrameDecoder {
   readonly maxPayload: number;
+  readonly streamData: boolean;
   #pending: Buffer[] = [];
   #pendingBytes = 0;
+  #needed = FRAME_HEADER_BYTES;
+  // The DATA frame being streamed: bytes still to come, its flags and stream.
+  #dataLeft = 0;
+  #dataFlags = 0;
+  #dataStreamId = 0;
 
-  constructor(maxPayload = MAX_FRAME_PAYLOAD) {
+  constructor(maxPayload = MAX_FRAME_PAYLOAD, opts: { streamData?: boolean } = {}) {
     this.maxPayload = maxPayload;
+    this.streamData = opts.streamData === true;
   }
 
   /** Bytes held waiting for the rest of a frame; never more than one maximal frame. */
@@ -131,24 +143,64 @@ export class FrameDecoder {
   }
 
   push(chunk: Buffer, onFrame: (frame: Frame) => void): void {
-    let buf: Buffer;
+    if (chunk.length === 0) return;
+    let buf = chunk;
+    if (this.#dataLeft > 0) {
+      const n = Math.min(this.#dataLeft, buf.length);
+      this.#dataLeft -= n;
+      const flags = this.#dataLeft === 0 ? this.#dataFlags : this.#dataFlags & ~FrameFlag.END;
+      onFrame({ type: FrameType.DATA, flags, streamId: this.#dataStreamId, payload: buf.subarray(0, n) });
+      if (n === buf.length) return;
+      buf = buf.subarray(n);
+    }
     if (this.#pendingBytes > 0) {
-      this.#pending.push(chunk);
-      this.#pendingBytes += chunk.length;
+      if (
+        this.streamData &&
+        this.#pendingBytes < FRAME_HEADER_BYTES &&
+        this.#pendingBytes + buf.length >= FRAME_HEADER_BYTES
+      ) {
+        // A header split across chunks: complete it from the new chunk without copying the chunk.
+        const need = FRAME_HEADER_BYTES - this.#pendingBytes;
+        const header = Buffer.concat([...this.#pending, buf.subarray(0, need)], FRAME_HEADER_BYTES);
+        if (header[0] === FrameType.DATA) {
+          this.#pending = [];
+          this.#pendingBytes = 0;
+          this.#needed = FRAME_HEADER_BYTES;
+          this.#startData(header, 0, this.#checkedLength(header, 0), onFrame);
+          if (buf.length > need) this.push(buf.subarray(need), onFrame);
+          return;
+        }
+      }
+      this.#pending.push(buf);
+      this.#pendingBytes += buf.length;
       // Wait until the whole frame is here before copying, so a frame dribbled in tiny chunks
       // costs one copy, not one per chunk.
       if (this.#pendingBytes < this.#needed) return;
       buf = Buffer.concat(this.#pending, this.#pendingBytes);
       this.#pending = [];
       this.#pendingBytes = 0;
-    } else {
-      buf = chunk;
     }
     let offset = 0;
     while (buf.length - offset >= FRAME_HEADER_BYTES) {
       const length = this.#checkedLength(buf, offset);
       const end = offset + FRAME_HEADER_BYTES + length;
-      if (end > buf.length) break;
+      if (end > buf.length) {
+        if (this.streamData && buf[offset] === FrameType.DATA) {
+          this.#startData(buf, offset, length, onFrame);
+          const available = buf.subarray(offset + FRAME_HEADER_BYTES);
+          if (available.length > 0) {
+            this.#dataLeft -= available.length;
+            onFrame({
+              type: FrameType.DATA,
+              flags: this.#dataFlags & ~FrameFlag.END,
+              streamId: this.#dataStreamId,
+              payload: available,
+            });
+          }
+          return;
+        }
+        break;
+      }
       const type = buf[offset]!;
       const flags = buf[offset + 1]!;
       const streamId = buf.readUInt32BE(offset + 2);
@@ -164,10 +216,20 @@ export class FrameDecoder {
         rest.length >= FRAME_HEADER_BYTES
           ? FRAME_HEADER_BYTES + this.#checkedLength(rest, 0)
           : FRAME_HEADER_BYTES;
+    } else {
+      this.#needed = FRAME_HEADER_BYTES;
     }
   }
 
-  #needed = FRAME_HEADER_BYTES;
+  /** Begins streaming a DATA frame whose header is at `offset`; an empty one is delivered at once. */
+  #startData(buf: Buffer, offset: number, length: number, onFrame: (frame: Frame) => void): void {
+    this.#dataFlags = buf[offset + 1]!;
+    this.#dataStreamId = buf.readUInt32BE(offset + 2);
+    this.#dataLeft = length;
+    if (length === 0) {
+      onFrame({ type: FrameType.DATA, flags: this.#dataFlags, streamId: this.#dataStreamId, payload: EMPTY });
+    }
+  }
 
   #checkedLength(buf: Buffer, offset: number): number {
     const length = buf.readUInt32BE(offset + 6);

@@ -47,6 +47,8 @@ import {
 /** Fixed by protocol version 1: every stream starts with this much credit in each direction. */
 export const INITIAL_WINDOW_BYTES = 256 * 1024;
 const MAX_CREDIT = 2 ** 31 - 1;
+/** Batches up to this size are merged into one buffer; larger ones are written as a vector. */
+const SMALL_WRITE_BYTES = 16 * 1024;
 /** Largest stream id (31 bits, as HTTP/2), so ids stay positive in every peer's integer type. */
 const MAX_STREAM_ID = 2 ** 31 - 1;
 
@@ -90,7 +92,8 @@ export class MuxSession {
   readonly #socket: Duplex;
   readonly #clock: Clock;
   readonly #log: Logger;
-  readonly #decoder = new FrameDecoder();
+  // DATA is streamed as it arrives rather than reassembled into whole frames (see FrameDecoder).
+  readonly #decoder = new FrameDecoder(MAX_FRAME_PAYLOAD, { streamData: true });
   readonly #streams = new Map<number, MuxStream>();
   readonly #maxWindow: number;
   readonly #maxStreams: number;
@@ -639,7 +642,16 @@ export class MuxSession {
       if (stream._hasSendable()) this.#ready.add(stream);
     }
     if (out.length === 0) return;
-    const ok = this.#socket.write(out.length === 1 ? out[0]! : Buffer.concat(out, bytes));
+    let ok: boolean;
+    if (out.length === 1 || bytes <= SMALL_WRITE_BYTES) {
+      ok = this.#socket.write(out.length === 1 ? out[0]! : Buffer.concat(out, bytes));
+    } else {
+      // Large batches go down as one writev: no JavaScript copy of the payloads, no garbage.
+      this.#socket.cork();
+      for (const b of out) this.#socket.write(b);
+      this.#socket.uncork();
+      ok = !this.#socket.writableNeedDrain;
+    }
     if (!ok) {
       this.#waitingDrain = true;
       this.#socket.once('drain', () => {

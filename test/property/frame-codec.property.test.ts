@@ -18,6 +18,7 @@ import {
   FRAME_HEADER_BYTES,
   type Frame,
   FrameDecoder,
+  FrameFlag,
   FrameType,
   MAX_FRAME_PAYLOAD,
 } from '../../src/transport/frame.ts';
@@ -165,6 +166,39 @@ describe('frame codec (property)', () => {
         assert.deepEqual(decodeChunks(chunksAt(bytes, cuts)), expected.frames);
       }),
       { numRuns: 150 },
+    );
+  });
+
+  it('with streamData, DATA frames arrive as in-order pieces that add up to the frame, END on the last only', () => {
+    fc.assert(
+      fc.property(framesAndCuts, ({ frames, bytes, cuts }) => {
+        const decoder = new FrameDecoder(MAX_FRAME_PAYLOAD, { streamData: true });
+        const pieces: RefFrame[] = [];
+        for (const c of chunksAt(bytes, cuts)) decoder.push(c, (f) => pieces.push(toRef(f)));
+        let i = 0;
+        for (const expected of frames.map(toRef)) {
+          if (expected.type !== FrameType.DATA) {
+            assert.deepEqual(pieces[i++], expected);
+            continue;
+          }
+          const got: number[] = [];
+          for (;;) {
+            const piece = pieces[i++];
+            assert.ok(piece, 'a DATA frame was cut short');
+            assert.equal(piece.type, FrameType.DATA);
+            assert.equal(piece.streamId, expected.streamId);
+            got.push(...piece.payload);
+            const last = got.length === expected.payload.length;
+            assert.ok(last || piece.payload.length > 0, 'only an empty frame has an empty piece');
+            assert.equal(piece.flags, last ? expected.flags : expected.flags & ~FrameFlag.END);
+            if (last) break;
+          }
+          assert.deepEqual(got, expected.payload);
+        }
+        assert.equal(i, pieces.length, 'no extra pieces');
+        assert.ok(decoder.bufferedBytes <= FRAME_HEADER_BYTES + MAX_FRAME_PAYLOAD);
+      }),
+      { numRuns: 200 },
     );
   });
 
