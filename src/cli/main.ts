@@ -138,8 +138,29 @@ async function runQuickTunnel(
   return { agent, url: quick.url };
 }
 
-function edgeFlags(cmd: Command, defaults: { dataDir: string }): Command {
+/** Liveness flags, the same on both ends of a tunnel connection. */
+function heartbeatFlags(cmd: Command): Command {
   return cmd
+    .addOption(
+      env(
+        new Option('--heartbeat-interval <duration>', 'PING interval on tunnel connections')
+          .argParser(duration('--heartbeat-interval'))
+          .default(5000, '5s'),
+        'HEARTBEAT_INTERVAL',
+      ),
+    )
+    .addOption(
+      env(
+        new Option('--heartbeat-count <n>', 'silent intervals before a connection is dead')
+          .argParser(count('--heartbeat-count', 100))
+          .default(3),
+        'HEARTBEAT_COUNT',
+      ),
+    );
+}
+
+function edgeFlags(cmd: Command, defaults: { dataDir: string }): Command {
+  return heartbeatFlags(cmd)
     .addOption(
       env(
         new Option('--data-dir <dir>', 'where the edge keeps its event log and keys').default(
@@ -189,22 +210,6 @@ function edgeFlags(cmd: Command, defaults: { dataDir: string }): Command {
     )
     .addOption(
       env(
-        new Option('--heartbeat-interval <duration>', 'PING interval on tunnel connections')
-          .argParser(duration('--heartbeat-interval'))
-          .default(5000, '5s'),
-        'HEARTBEAT_INTERVAL',
-      ),
-    )
-    .addOption(
-      env(
-        new Option('--heartbeat-count <n>', 'silent intervals before a connection is dead')
-          .argParser(count('--heartbeat-count', 100))
-          .default(3),
-        'HEARTBEAT_COUNT',
-      ),
-    )
-    .addOption(
-      env(
         new Option('--drain-timeout <duration>', 'how long agents get to move on shutdown')
           .argParser(duration('--drain-timeout'))
           .default(15_000, '15s'),
@@ -214,7 +219,7 @@ function edgeFlags(cmd: Command, defaults: { dataDir: string }): Command {
 }
 
 function tunnelFlags(cmd: Command): Command {
-  return cmd
+  return heartbeatFlags(cmd)
     .addOption(
       env(
         new Option('--url <url>', 'the origin to expose, e.g. http://localhost:3000').argParser((v) =>
@@ -267,22 +272,6 @@ function tunnelFlags(cmd: Command): Command {
           'consecutive failed attempts before giving up (default: keep trying)',
         ).argParser(count('--retries')),
         'RETRIES',
-      ),
-    )
-    .addOption(
-      env(
-        new Option('--heartbeat-interval <duration>', 'PING interval')
-          .argParser(duration('--heartbeat-interval'))
-          .default(5000, '5s'),
-        'HEARTBEAT_INTERVAL',
-      ),
-    )
-    .addOption(
-      env(
-        new Option('--heartbeat-count <n>', 'silent intervals before a connection is dead')
-          .argParser(count('--heartbeat-count', 100))
-          .default(3),
-        'HEARTBEAT_COUNT',
       ),
     )
     .addOption(
