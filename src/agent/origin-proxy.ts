@@ -42,6 +42,17 @@ function classify(err: NodeJS.ErrnoException): OriginErrorCode {
   return 'origin_unreachable';
 }
 
+/** Sends the origin's head; one that cannot be sent (over 64 KiB encoded) resets the stream instead. */
+function respondOrAbort(stream: MuxStream, response: ResponseHead): boolean {
+  try {
+    stream.respond(response);
+    return true;
+  } catch {
+    stream.destroy();
+    return false;
+  }
+}
+
 export class OriginProxy {
   readonly #c: OriginProxyComponents;
   readonly #url: URL;
@@ -75,6 +86,8 @@ export class OriginProxy {
 
   /** Serves one stream; resolves when it is over, whatever the outcome. Never rejects. */
   handle(stream: MuxStream): Promise<void> {
+    // Reset while it waited for a slot: 'close' has been and gone, and the origin need not hear of it.
+    if (stream.destroyed) return Promise.resolve();
     return new Promise<void>((resolve) => {
       stream.once('close', resolve);
       try {
@@ -163,7 +176,10 @@ export class OriginProxy {
         headers: stripHopByHop(res.rawHeaders),
       };
       if (res.statusMessage) response.statusText = res.statusMessage;
-      stream.respond(response);
+      if (!respondOrAbort(stream, response)) {
+        res.destroy();
+        return;
+      }
       res.once('end', () => {
         responseComplete = true;
       });
@@ -179,7 +195,10 @@ export class OriginProxy {
         socket.once('close', () => this.#sockets.delete(socket));
         const response: ResponseHead = { status: res.statusCode ?? 101, headers: res.rawHeaders };
         if (res.statusMessage) response.statusText = res.statusMessage;
-        stream.respond(response);
+        if (!respondOrAbort(stream, response)) {
+          socket.destroy();
+          return;
+        }
         if (upgradeHead.length > 0) stream.write(upgradeHead);
         socket.on('error', () => stream.destroy());
         socket.once('close', () => stream.destroy());

@@ -94,6 +94,7 @@ export class TunnelSessions {
         heartbeatIntervalMs: this.#init.heartbeatIntervalMs,
         heartbeatMissedLimit: this.#init.heartbeatMissedLimit,
         maxConcurrentStreams: this.#init.maxConcurrentStreams,
+        acceptPeerStreams: false,
       },
     );
     const live: LiveSession = { session };
@@ -206,8 +207,16 @@ export class TunnelSessions {
       return refuse('bad_request', 'the edge could not record this registration; try again', true, 1000);
     }
     if (live.session.state === 'closed') {
-      // The agent left while the event was being written: record that too.
-      this.#retire(live, 'lost');
+      // The agent left while the event was being written (its close handler found nothing routed to
+      // retire): record that it is gone, so the log never shows a connection nobody holds.
+      this.#track(
+        authority.recordUnregistered(record, live.reason ?? 'lost').catch((err: unknown) => {
+          log.error(
+            { err: describeError(err), tunnelId: record.tunnelId },
+            'could not record an unregistration',
+          );
+        }),
+      );
       return;
     }
     live.routed = {

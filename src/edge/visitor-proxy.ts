@@ -95,6 +95,12 @@ function safeHeaders(headers: readonly string[]): boolean {
   return true;
 }
 
+/** The agent's error code goes into a header: only a plain code passes, anything else is `origin_error`. */
+function errorCodeOf(head: ResponseHead): string {
+  const code = head.error?.code ?? '';
+  return /^[a-z0-9_]{1,64}$/.test(code) ? code : 'origin_error';
+}
+
 export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProxyInit = {}): http.Server {
   const server = http.createServer({
     maxHeaderSize: init.maxHeaderBytes ?? 64 * 1024,
@@ -158,7 +164,7 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
       c.metrics.requestDuration.observe((performance.now() - startedAt) / 1000);
       if (head.error) {
         stream.resume();
-        return sendPage(res, originErrorPage(host, head.error.code, head.error.message));
+        return sendPage(res, originErrorPage(host, errorCodeOf(head), head.error.message));
       }
       const headers = stripHopByHop(head.headers);
       if (!safeHeaders(headers)) {
@@ -227,8 +233,8 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
     }
     if (head.length > 0) stream.write(head);
     stream.once('response', (rh: ResponseHead) => {
-      if (rh.error) return rawPage(originErrorPage(host, rh.error.code, rh.error.message));
-      if (!safeHeaders(rh.headers)) {
+      if (rh.error) return rawPage(originErrorPage(host, errorCodeOf(rh), rh.error.message));
+      if (!safeHeaders(rh.headers) || (rh.statusText !== undefined && !safeHeaders([rh.statusText]))) {
         stream.reset();
         return rawPage(originErrorPage(host, 'origin_bad_response', 'the origin sent a malformed header'));
       }

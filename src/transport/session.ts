@@ -65,6 +65,11 @@ export interface SessionInit {
   heartbeatMissedLimit?: number;
   /** DATA bytes a stream may have queued for sending before its writer is told to wait (default 64 KiB). */
   streamWriteBufferBytes?: number;
+  /**
+   * Whether the peer may open streams (default true). The edge sets false: agents open none in
+   * warren/1, and a stream nobody serves would hold a slot and its window's worth of memory.
+   */
+  acceptPeerStreams?: boolean;
   /** Bytes written per socket write at most, so one flush does not monopolise the event loop (default 256 KiB). */
   flushBatchBytes?: number;
 }
@@ -101,6 +106,7 @@ export class MuxSession {
   readonly #heartbeatMissedLimit: number;
   readonly streamWriteBufferBytes: number;
   readonly #flushBatchBytes: number;
+  readonly #acceptPeerStreams: boolean;
 
   #nextLocalId: number;
   #lastPeerId = 0;
@@ -144,6 +150,7 @@ export class MuxSession {
     this.#heartbeatMissedLimit = init.heartbeatMissedLimit ?? 3;
     this.streamWriteBufferBytes = init.streamWriteBufferBytes ?? 64 * 1024;
     this.#flushBatchBytes = init.flushBatchBytes ?? 256 * 1024;
+    this.#acceptPeerStreams = init.acceptPeerStreams ?? true;
     this.#lastReceivedAt = this.#clock.now();
     this.#closed = new Promise((resolve) => {
       this.#resolveClosed = resolve;
@@ -371,7 +378,7 @@ export class MuxSession {
     try {
       this.#decoder.push(chunk, this.#onFrame);
     } catch (err) {
-      if (err instanceof WarrenError) {
+      if (err instanceof WarrenError && err.code === 'frame_too_large') {
         this.#connectionError(err.code, WireError.FRAME_SIZE_ERROR, err.message);
       } else {
         this.#log.error({ err }, 'warren/1 internal error while handling a frame');
@@ -449,7 +456,7 @@ export class MuxSession {
       return;
     }
     this.#lastPeerId = frame.streamId;
-    if (this.#state !== 'open' || this.#streams.size >= this.#maxStreams) {
+    if (!this.#acceptPeerStreams || this.#state !== 'open' || this.#streams.size >= this.#maxStreams) {
       this.sendRst(frame.streamId, WireError.REFUSED_STREAM);
       return;
     }

@@ -93,6 +93,24 @@ describe('MuxSession over a real socket', () => {
     assert.equal(pair.edge.activeStreams, 0);
   });
 
+  it('a session that accepts no peer streams refuses them, and its own streams still open', async () => {
+    const pair = await createMuxPair({ edge: { acceptPeerStreams: false, maxConcurrentStreams: 4 } });
+    after(() => pair.close());
+    const refused: Promise<Error>[] = [];
+    for (let i = 0; i < 8; i++) {
+      const s = pair.agent.openStream({ ...head, method: 'POST' });
+      refused.push(new Promise<Error>((r) => s.once('error', r)));
+      s.write(Buffer.alloc(64 * 1024));
+    }
+    for (const e of await Promise.all(refused)) {
+      assert.ok(isWarrenError(e, 'stream_reset') && e.retryable, String(e));
+    }
+    assert.equal(pair.edge.activeStreams, 0);
+    const incoming = firstValueFrom(pair.agent.streams$);
+    pair.edge.openStream(head, { endStream: true });
+    assert.equal((await incoming).requestHead?.target, '/');
+  });
+
   it('graceful close lets an open stream finish, then closes both sessions', async () => {
     const pair = await createMuxPair();
     after(() => pair.close());
