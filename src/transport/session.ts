@@ -57,6 +57,11 @@ export interface SessionInit {
   role: 'edge' | 'agent';
   /** Upper bound for auto-tuned receive windows (default 16 MiB). */
   maxWindowBytes?: number;
+  /**
+   * How far all streams together may grow their receive windows past the initial one (default
+   * 64 MiB): with 1024 streams allowed, per-stream auto-tuning alone could promise gigabytes.
+   */
+  maxTunedWindowBytes?: number;
   /** Streams open at once in each direction (default 1024); more are refused. */
   maxConcurrentStreams?: number;
   /** PING interval (default 5000 ms); 0 turns heartbeats off. */
@@ -101,6 +106,8 @@ export class MuxSession {
   readonly #decoder = new FrameDecoder(MAX_FRAME_PAYLOAD, { streamData: true });
   readonly #streams = new Map<number, MuxStream>();
   readonly #maxWindow: number;
+  readonly #maxTunedWindow: number;
+  #tunedWindow = 0;
   readonly #maxStreams: number;
   readonly #heartbeatIntervalMs: number;
   readonly #heartbeatMissedLimit: number;
@@ -145,6 +152,7 @@ export class MuxSession {
     this.#log = components.log;
     this.#nextLocalId = init.role === 'edge' ? 1 : 2;
     this.#maxWindow = init.maxWindowBytes ?? 16 * 1024 * 1024;
+    this.#maxTunedWindow = init.maxTunedWindowBytes ?? 64 * 1024 * 1024;
     this.#maxStreams = init.maxConcurrentStreams ?? 1024;
     this.#heartbeatIntervalMs = init.heartbeatIntervalMs ?? 5000;
     this.#heartbeatMissedLimit = init.heartbeatMissedLimit ?? 3;
@@ -608,9 +616,22 @@ export class MuxSession {
 
   /** @internal */
   forget(stream: MuxStream): void {
-    this.#streams.delete(stream.id);
+    if (!this.#streams.delete(stream.id)) return;
+    this.#tunedWindow -= stream._tunedBytes;
     this.#ready.delete(stream);
     if (this.#streams.size === 0) for (const w of this.#idleWaiters.splice(0)) w();
+  }
+
+  /** @internal Grants up to `want` bytes of window growth from the session's budget. */
+  reserveWindowGrowth(want: number): number {
+    const granted = Math.max(0, Math.min(want, this.#maxTunedWindow - this.#tunedWindow));
+    this.#tunedWindow += granted;
+    return granted;
+  }
+
+  /** Window growth held by open streams, within `maxTunedWindowBytes`. */
+  get tunedWindowBytes(): number {
+    return this.#tunedWindow;
   }
 
   /** @internal */
@@ -741,6 +762,11 @@ export class MuxStream extends Duplex {
   /** Bytes this stream may still send before the peer grants more credit. */
   get sendCredit(): number {
     return this.#sendCredit;
+  }
+
+  /** @internal Window growth past the initial window, drawn from the session's budget. */
+  get _tunedBytes(): number {
+    return this.#recvWindow - INITIAL_WINDOW_BYTES;
   }
 
   /** The peer's current receive window for this stream, as this side has granted it. */
@@ -945,7 +971,9 @@ export class MuxStream extends Duplex {
       now - this.#lastUpdateAt < 4 * this.#session.rttMs &&
       this.#recvWindow < this.#session.maxWindowBytes
     ) {
-      grow = Math.min(this.#recvWindow, this.#session.maxWindowBytes - this.#recvWindow);
+      grow = this.#session.reserveWindowGrowth(
+        Math.min(this.#recvWindow, this.#session.maxWindowBytes - this.#recvWindow),
+      );
       this.#recvWindow += grow;
     }
     this.#lastUpdateAt = now;

@@ -80,6 +80,35 @@ describe('MuxSession over a real socket', () => {
     assert.ok(s.receiveWindow >= INITIAL_WINDOW_BYTES);
   });
 
+  it('window growth is bounded by the session budget and returned when the stream ends', async () => {
+    for (const budget of [0, 256 * 1024]) {
+      const pair = await createMuxPair({ edge: { maxTunedWindowBytes: budget } });
+      const incoming = firstValueFrom(pair.agent.streams$);
+      const s = pair.edge.openStream(head, { endStream: true });
+      const a = await incoming;
+      a.respond({ status: 200, headers: [] });
+      const chunk = Buffer.alloc(64 * 1024, 1);
+      let maxTuned = 0;
+      s.on('data', () => {
+        maxTuned = Math.max(maxTuned, pair.edge.tunedWindowBytes);
+      });
+      const done = new Promise<void>((resolve, reject) => {
+        s.once('end', resolve);
+        s.once('error', reject);
+      });
+      for (let i = 0; i < 256; i++) if (!a.write(chunk)) await new Promise((r) => a.once('drain', r));
+      a.end();
+      await done;
+      assert.ok(
+        s.receiveWindow <= INITIAL_WINDOW_BYTES + budget,
+        `window ${s.receiveWindow} over budget ${budget}`,
+      );
+      assert.ok(maxTuned <= budget, `session tuned ${maxTuned} over budget ${budget}`);
+      assert.equal(pair.edge.tunedWindowBytes, 0, 'the budget comes back when the stream is over');
+      await pair.close();
+    }
+  });
+
   it('a reset reaches the other side as a stream_reset error', async () => {
     const pair = await createMuxPair();
     after(() => pair.close());
