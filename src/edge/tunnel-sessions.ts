@@ -5,6 +5,7 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
+import type { ConnectionRegistered, UnregisterReason } from '../events/tunnel.ts';
 import { type Clock, clockTimeoutSignal } from '../shared/clock.ts';
 import { describeError, WarrenError } from '../shared/errors.ts';
 import type { Logger } from '../shared/log.ts';
@@ -15,18 +16,9 @@ import { MuxSession } from '../transport/session.ts';
 import type { EdgeMetrics } from './metrics.ts';
 import type { RoutedConnection, RoutingTable } from './routing.ts';
 
-export type UnregisterReason = 'graceful' | 'lost' | 'replaced' | 'revoked' | 'edge_shutdown';
-
-export interface ConnectionRecord {
-  tunnelId: string;
-  connectionId: string;
-  connIndex: number;
-  pop: string;
-  clientVersion: string;
-  clientOs: string;
-  clientArch: string;
-  originIp: string;
-}
+/** A connection as the log records it when it registers (the time is added by the decider). */
+export type ConnectionRecord = Omit<ConnectionRegistered['data'], 'registeredAt'>;
+export type { UnregisterReason };
 
 /** What the sessions need to know about tunnels, and where they report what happened. */
 export interface TunnelAuthority {
