@@ -1,7 +1,6 @@
 #!/usr/bin/env node
-// Runs the TypeScript CLI through tsx so that `npm link`/`npx warren` work without a build step.
-import { register } from 'node:module';
-import { pathToFileURL } from 'node:url';
+// Runs the TypeScript CLI through tsx, so `npx warren` and `npm link` work without a build step.
+import { register } from 'tsx/esm/api';
 
-register('tsx/esm', pathToFileURL('./'));
+register();
 await import(new URL('../src/cli/main.ts', import.meta.url).href);
