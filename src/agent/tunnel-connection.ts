@@ -5,7 +5,7 @@
  */
 import os from 'node:os';
 import { filter, firstValueFrom, mergeMap, type Subscription, take } from 'rxjs';
-import { type Clock, clockTimeoutSignal } from '../shared/clock.ts';
+import { type Clock, clockTimeout } from '../shared/clock.ts';
 import { type ErrorCode, WarrenError } from '../shared/errors.ts';
 import type { Logger } from '../shared/log.ts';
 import { type ClientInfo, type ControlMessage, PROTOCOL_VERSION } from '../transport/messages.ts';
@@ -68,8 +68,20 @@ export async function connectTunnel(
   deps: TunnelConnectionDeps,
   attempt: { connIndex: number; previousAttempts: number; signal: AbortSignal },
 ): Promise<AgentConnection> {
+  const deadline = clockTimeout(deps.clock, deps.handshakeTimeoutMs);
+  try {
+    return await connectWithin(deps, attempt, deadline.signal);
+  } finally {
+    deadline.clear();
+  }
+}
+
+async function connectWithin(
+  deps: TunnelConnectionDeps,
+  attempt: { connIndex: number; previousAttempts: number; signal: AbortSignal },
+  deadline: AbortSignal,
+): Promise<AgentConnection> {
   const { clock, log, credentials } = deps;
-  const deadline = clockTimeoutSignal(clock, deps.handshakeTimeoutMs);
   const signal = AbortSignal.any([attempt.signal, deadline]);
   const socket = await dialEdge({
     host: credentials.edge.host,
@@ -168,10 +180,7 @@ export async function connectTunnel(
           session.destroy(reason instanceof WarrenError ? reason : undefined);
           return;
         }
-        void session.close({
-          signal: clockTimeoutSignal(clock, drainDeadlineMs),
-          reason: 'moving to another edge',
-        });
+        void closeWithin(clock, session, drainDeadlineMs, 'moving to another edge');
       },
       markDraining: (deadlineMs) => {
         drainDeadlineMs = deadlineMs;
@@ -234,5 +243,15 @@ export async function drainConnection(
   } catch {
     // closing already
   }
-  await session.close({ signal: clockTimeoutSignal(clock, gracePeriodMs), reason: 'agent shutting down' });
+  await closeWithin(clock, session, gracePeriodMs, 'agent shutting down');
+}
+
+/** Graceful close that gives in-flight streams at most `ms`, then ends the session. */
+async function closeWithin(clock: Clock, session: MuxSession, ms: number, reason: string): Promise<void> {
+  const timeout = clockTimeout(clock, ms);
+  try {
+    await session.close({ signal: timeout.signal, reason });
+  } finally {
+    timeout.clear();
+  }
 }

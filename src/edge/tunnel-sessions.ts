@@ -6,7 +6,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import type { ConnectionRegistered, UnregisterReason } from '../events/tunnel.ts';
-import { type Clock, clockTimeoutSignal } from '../shared/clock.ts';
+import { type Clock, clockTimeout } from '../shared/clock.ts';
 import { describeError, WarrenError } from '../shared/errors.ts';
 import type { Logger } from '../shared/log.ts';
 import type { ControlMessage } from '../transport/messages.ts';
@@ -300,11 +300,12 @@ export class TunnelSessions {
         }
       }
     }
-    const timeout = clockTimeoutSignal(this.#c.clock, opts.deadlineMs);
-    const deadline = opts.signal ? AbortSignal.any([timeout, opts.signal]) : timeout;
+    const timeout = clockTimeout(this.#c.clock, opts.deadlineMs);
+    const deadline = opts.signal ? AbortSignal.any([timeout.signal, opts.signal]) : timeout.signal;
     await Promise.all(
       sessions.map((l) => l.session.close({ signal: deadline, reason: 'edge shutting down' })),
     );
+    timeout.clear();
     for (const l of this.#live) l.session.destroy();
     await Promise.all([...this.#live].map((l) => l.session.closed));
     await Promise.all([...this.#pending]);

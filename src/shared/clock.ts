@@ -80,13 +80,15 @@ export class ManualClock implements Clock {
   }
 }
 
-/** An AbortSignal that aborts after `delayMs` on the given clock (AbortSignal.timeout only knows real time). */
-export function clockTimeoutSignal(clock: Clock, delayMs: number): AbortSignal {
+/**
+ * An AbortSignal that aborts after `delayMs` on the given clock (AbortSignal.timeout only knows real
+ * time). `clear()` cancels the timer once the signal is no longer needed, so none is left pending.
+ */
+export function clockTimeout(clock: Clock, delayMs: number): { signal: AbortSignal; clear(): void } {
   const controller = new AbortController();
   const handle = clock.setTimeout(
     () => controller.abort(new Error(`timed out after ${delayMs} ms`)),
     delayMs,
   );
-  controller.signal.addEventListener('abort', () => clock.clearTimeout(handle), { once: true });
-  return controller.signal;
+  return { signal: controller.signal, clear: () => clock.clearTimeout(handle) };
 }

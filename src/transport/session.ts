@@ -75,6 +75,11 @@ export interface SessionInit {
    * warren/1, and a stream nobody serves would hold a slot and its window's worth of memory.
    */
   acceptPeerStreams?: boolean;
+  /**
+   * Control frames (PING ACKs, WINDOW_UPDATEs, RSTs …) that may wait for a socket that is not draining
+   * (default 1 MiB). A peer that keeps sending PINGs but never reads would otherwise grow this forever.
+   */
+  maxControlQueueBytes?: number;
   /** Bytes written per socket write at most, so one flush does not monopolise the event loop (default 256 KiB). */
   flushBatchBytes?: number;
 }
@@ -118,6 +123,8 @@ export class MuxSession {
   #nextLocalId: number;
   #lastPeerId = 0;
   #control: Buffer[] = [];
+  #controlBytes = 0;
+  readonly #maxControlQueueBytes: number;
   #ready = new Set<MuxStream>();
   #flushScheduled = false;
   #waitingDrain = false;
@@ -159,6 +166,7 @@ export class MuxSession {
     this.streamWriteBufferBytes = init.streamWriteBufferBytes ?? 64 * 1024;
     this.#flushBatchBytes = init.flushBatchBytes ?? 256 * 1024;
     this.#acceptPeerStreams = init.acceptPeerStreams ?? true;
+    this.#maxControlQueueBytes = init.maxControlQueueBytes ?? 1024 * 1024;
     this.#lastReceivedAt = this.#clock.now();
     this.#closed = new Promise((resolve) => {
       this.#resolveClosed = resolve;
@@ -580,8 +588,25 @@ export class MuxSession {
 
   /** @internal Frames that jump the DATA queue. Payload is copied into the frame. */
   #queueControl(type: number, flags: number, streamId: number, payload: Buffer): void {
-    if (this.#state === 'closed') return;
-    this.#control.push(encodeFrame({ type, flags, streamId, payload }));
+    if (this.#state === 'closed' || this.#socket.destroyed) return;
+    const frame = encodeFrame({ type, flags, streamId, payload });
+    this.#controlBytes += frame.length;
+    if (this.#controlBytes > this.#maxControlQueueBytes) {
+      this.#log.warn(
+        { queuedBytes: this.#controlBytes },
+        'warren/1 peer does not read its control frames; closing',
+      );
+      this.#closeError ??= new WarrenError(
+        'protocol_error',
+        'the peer stopped reading while it kept sending',
+        {
+          retryable: true,
+        },
+      );
+      this.#socket.destroy();
+      return;
+    }
+    this.#control.push(frame);
     this.#scheduleFlush();
   }
 
@@ -652,6 +677,7 @@ export class MuxSession {
     if (this.#waitingDrain || this.#socket.destroyed || this.#socket.writableEnded) return;
     const out: Buffer[] = this.#control;
     this.#control = [];
+    this.#controlBytes = 0;
     let bytes = 0;
     for (const b of out) bytes += b.length;
     // Round-robin: each ready stream sends at most one frame per pass; a stream that still has data and

@@ -1,11 +1,17 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { once } from 'node:events';
+import net from 'node:net';
 import { after, describe, it } from 'node:test';
 import { firstValueFrom } from 'rxjs';
+import { systemClock } from '../../src/shared/clock.ts';
 import { isWarrenError } from '../../src/shared/errors.ts';
+import { silentLogger } from '../../src/shared/log.ts';
+import { encodeFrame, FrameType } from '../../src/transport/frame.ts';
 import type { ResponseHead } from '../../src/transport/messages.ts';
-import { INITIAL_WINDOW_BYTES, type MuxStream } from '../../src/transport/session.ts';
+import { INITIAL_WINDOW_BYTES, MuxSession, type MuxStream } from '../../src/transport/session.ts';
 import { createMuxPair } from '../support/mux-pair.ts';
+import { withDeadline } from '../support/wait.ts';
 
 const head = { kind: 'http' as const, method: 'GET', target: '/', headers: ['Host', 'a.test'] };
 
@@ -138,6 +144,42 @@ describe('MuxSession over a real socket', () => {
     const incoming = firstValueFrom(pair.agent.streams$);
     pair.edge.openStream(head, { endStream: true });
     assert.equal((await incoming).requestHead?.target, '/');
+  });
+
+  it('a peer that floods PINGs but never reads is cut off once the control queue is full', async () => {
+    const server = net.createServer();
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const accepted = once(server, 'connection') as Promise<[net.Socket]>;
+    const peer = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+    await once(peer, 'connect');
+    const [socket] = await accepted;
+    server.close();
+    peer.pause(); // never reads what the session writes
+    peer.on('error', () => {});
+    const session = new MuxSession(
+      socket,
+      { clock: systemClock, log: silentLogger },
+      {
+        role: 'edge',
+        heartbeatIntervalMs: 0,
+        maxControlQueueBytes: 64 * 1024,
+      },
+    );
+    const ping = encodeFrame({ type: FrameType.PING, flags: 0, streamId: 0, payload: Buffer.alloc(8) });
+    const burst = Buffer.concat(Array.from({ length: 4096 }, () => ping));
+    // Far more ACKs than the kernel's socket buffers and the queue can hold together.
+    let sent = 0;
+    const pump = () => {
+      while (sent < 1000 && !peer.destroyed) {
+        sent++;
+        if (!peer.write(burst)) return void peer.once('drain', pump);
+      }
+    };
+    pump();
+    const info = await withDeadline(session.closed, 20_000, 'the session kept queueing PING ACKs');
+    assert.ok(isWarrenError(info.error, 'protocol_error'), String(info.error));
+    peer.destroy();
   });
 
   it('graceful close lets an open stream finish, then closes both sessions', async () => {
