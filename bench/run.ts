@@ -360,7 +360,15 @@ async function main(): Promise<void> {
     /origin: (http:\/\/127\.0\.0\.1:\d+)/,
   );
   const originUrl = om[1]!;
-  const local = ['--listen', '127.0.0.1:0', '--tunnel-listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0'];
+  const local = [
+    '--listen',
+    '127.0.0.1:0',
+    '--tunnel-listen',
+    '127.0.0.1:0',
+    '--api-listen',
+    '127.0.0.1:0',
+    '--no-dns-listen',
+  ];
   const { service: edge, match: em } = await startService(
     'edge',
     [...prof('edge'), '--import', 'tsx', cli, 'edge', '--memory', '--loglevel', 'warn', ...local],

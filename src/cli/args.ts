@@ -53,3 +53,16 @@ export function parseOriginUrl(text: string, flag: string): URL {
   }
   return url;
 }
+
+/** `24h-48h`, `2s-4s`: a window of durations, min ≤ max. */
+export function parseDurationRange(text: string, flag: string): { minMs: number; maxMs: number } {
+  const parts = text.split('-');
+  if (parts.length !== 2) {
+    throw new WarrenError('bad_config', `${flag}: "${text}" is not a range; use e.g. 24h-48h`);
+  }
+  const minMs = parseDurationMs(parts[0]!, flag);
+  const maxMs = parseDurationMs(parts[1]!, flag);
+  if (minMs > maxMs)
+    throw new WarrenError('bad_config', `${flag}: the first duration must not exceed the second`);
+  return { minMs, maxMs };
+}

@@ -17,7 +17,13 @@ import type { Edge } from '../edge/edge.ts';
 import { systemClock } from '../shared/clock.ts';
 import { describeError, WarrenError } from '../shared/errors.ts';
 import { createLogger, type Logger } from '../shared/log.ts';
-import { parseDurationMs, parseHostPort, parseOriginUrl, parsePositiveInt } from './args.ts';
+import {
+  parseDurationMs,
+  parseDurationRange,
+  parseHostPort,
+  parseOriginUrl,
+  parsePositiveInt,
+} from './args.ts';
 
 const hostPort = (flag: string) => (v: string) => parseHostPort(v, flag);
 const duration = (flag: string) => (v: string) => parseDurationMs(v, flag);
@@ -63,6 +69,10 @@ interface EdgeOptions {
   heartbeatInterval: number;
   heartbeatCount: number;
   drainTimeout: number;
+  dnsListen: { host: string; port: number } | false;
+  edgeDomain: string;
+  accountTunnelLimit: number;
+  dnsCleanupWindow: { minMs: number; maxMs: number };
 }
 
 async function runEdge(opts: EdgeOptions, log: Logger): Promise<Edge> {
@@ -76,6 +86,10 @@ async function runEdge(opts: EdgeOptions, log: Logger): Promise<Edge> {
     heartbeatIntervalMs: opts.heartbeatInterval,
     heartbeatMissedLimit: opts.heartbeatCount,
     drainTimeoutMs: opts.drainTimeout,
+    dns: opts.dnsListen === false ? null : opts.dnsListen,
+    edgeDomain: opts.edgeDomain,
+    accountTunnelLimit: opts.accountTunnelLimit,
+    dnsCleanupWindowMs: opts.dnsCleanupWindow,
   };
   if (!opts.memory) config.dataDir = opts.dataDir;
   // Loaded here, not at the top: an agent process never needs the edge's LevelDB, fastify or x509.
@@ -215,6 +229,43 @@ function edgeFlags(cmd: Command, defaults: { dataDir: string }): Command {
           .default(15_000, '15s'),
         'DRAIN_TIMEOUT',
       ),
+    )
+    .addOption(
+      env(
+        new Option('--dns-listen <host:port>', 'DNS listener, UDP and TCP')
+          .argParser(hostPort('--dns-listen'))
+          .default(defaultEdgeConfig.dns, '127.0.0.1:5300'),
+        'DNS_LISTEN',
+      ),
+    )
+    .addOption(env(new Option('--no-dns-listen', 'do not serve DNS'), 'NO_DNS'))
+    .addOption(
+      env(
+        new Option(
+          '--edge-domain <domain>',
+          'domain of tunnel CNAME targets (<id>.tunnels.<domain>)',
+        ).default(defaultEdgeConfig.edgeDomain),
+        'EDGE_DOMAIN',
+      ),
+    )
+    .addOption(
+      env(
+        new Option('--account-tunnel-limit <n>', 'tunnels one account may have connected at once')
+          .argParser(count('--account-tunnel-limit'))
+          .default(defaultEdgeConfig.accountTunnelLimit),
+        'ACCOUNT_TUNNEL_LIMIT',
+      ),
+    )
+    .addOption(
+      env(
+        new Option(
+          '--dns-cleanup-window <min-max>',
+          "when an inactive tunnel's automatic DNS records are deleted, e.g. 24h-48h",
+        )
+          .argParser((v) => parseDurationRange(v, '--dns-cleanup-window'))
+          .default(defaultEdgeConfig.dnsCleanupWindowMs, '24h-48h'),
+        'DNS_CLEANUP_WINDOW',
+      ),
     );
 }
 
@@ -322,7 +373,7 @@ export function buildProgram(): Command {
     const log = loggerFrom(opts, 'edge');
     const edge = await runEdge(opts, log).catch(fail);
     process.stdout.write(
-      `Warren edge "${opts.pop}" is up.\n  visitors: http://${opts.listen.host}:${edge.visitorPort}\n  tunnels:  ${opts.tunnelListen.host}:${edge.tunnelPort} (TLS)\n  API:      ${edge.apiUrl}\n`,
+      `Warren edge "${opts.pop}" is up.\n  visitors: http://${opts.listen.host}:${edge.visitorPort}\n  tunnels:  ${opts.tunnelListen.host}:${edge.tunnelPort} (TLS)\n  API:      ${edge.apiUrl}\n  DNS:      ${opts.dnsListen ? `${opts.dnsListen.host}:${edge.dnsPort} (UDP, TCP)` : 'off'}\n`,
     );
     onSignals(
       () => void edge.close().then(() => process.exit(0), fail),

@@ -21,16 +21,16 @@ export interface EdgeTls {
   tunnelHostname: string;
 }
 
-function toPem(der: ArrayBuffer, label: string): string {
+export function toPem(der: ArrayBuffer, label: string): string {
   const b64 = Buffer.from(der).toString('base64').replace(/.{64}/g, '$&\n');
   return `-----BEGIN ${label}-----\n${b64.trimEnd()}\n-----END ${label}-----\n`;
 }
 
-async function generateKeys(): Promise<webcrypto.CryptoKeyPair> {
+export async function generateKeys(): Promise<webcrypto.CryptoKeyPair> {
   return (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
 }
 
-function serial(): string {
+export function serial(): string {
   return Buffer.from(webcrypto.getRandomValues(new Uint8Array(16)))
     .toString('hex')
     .replace(/^[89a-f]/, '1');

@@ -23,7 +23,21 @@ export interface EdgeConfig {
   /** How long a stopping edge gives agents to move their connections elsewhere. */
   drainTimeoutMs: number;
   maxConcurrentStreams: number;
+  /** Names the edge itself answers for: `<tunnel-id>.tunnels.<edgeDomain>`, `<host>.cdn.<edgeDomain>`. */
+  edgeDomain: string;
+  /** The DNS listener (UDP and TCP on one port); null: no DNS server. */
+  dns: ListenAddress | null;
+  /** Addresses the DNS server gives for the edge (visitors reach them); default loopback. */
+  publicAddresses: { ipv4: string[]; ipv6: string[] };
+  /** Tunnels one account may have connected at once. */
+  accountTunnelLimit: number;
+  /** A tunnel's automatic DNS records are deleted at a time drawn uniformly from this window after its last connection left. */
+  dnsCleanupWindowMs: { minMs: number; maxMs: number };
+  /** How long a `warren login` browser session waits for approval. */
+  loginSessionTtlMs: number;
 }
+
+const HOUR_MS = 3_600_000;
 
 export const defaultEdgeConfig: EdgeConfig = {
   pop: 'dev',
@@ -37,4 +51,11 @@ export const defaultEdgeConfig: EdgeConfig = {
   registerTimeoutMs: 10_000,
   drainTimeoutMs: 15_000,
   maxConcurrentStreams: 1024,
+  edgeDomain: 'warren-edge.localhost',
+  // 53 needs root, and 5353 is mDNS; operators who want 53 pass --dns-listen 0.0.0.0:53.
+  dns: { host: '127.0.0.1', port: 5300 },
+  publicAddresses: { ipv4: ['127.0.0.1'], ipv6: ['::1'] },
+  accountTunnelLimit: 1000,
+  dnsCleanupWindowMs: { minMs: 24 * HOUR_MS, maxMs: 48 * HOUR_MS },
+  loginSessionTtlMs: 10 * 60_000,
 };

@@ -1,8 +1,8 @@
 /**
- * Composition root of the edge: the event log, the tunnel directory folded from it, the tunnel
- * listener (TLS, warren/1 sessions), the visitor listener and the control API.
+ * Composition root of the edge: the event log and the control plane folded from it, the tunnel
+ * listener (TLS, warren/1 sessions), the visitor listener, the control API and the DNS server.
  */
-import { createHmac, randomBytes, randomUUID } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import type http from 'node:http';
@@ -10,25 +10,28 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import type tls from 'node:tls';
 import type { Registry } from 'prom-client';
-import { type TunnelCommand, tunnelDecider } from '../events/tunnel.ts';
+import {
+  credentialsFileFields,
+  encodeTunnelToken,
+  type NamedTunnelCredentials,
+} from '../agent/credentials.ts';
+import type { TunnelView } from '../events/directory.ts';
 import type { Clock } from '../shared/clock.ts';
 import { WarrenError } from '../shared/errors.ts';
 import type { Logger } from '../shared/log.ts';
-import { handleCommand } from '../store/command-handler.ts';
 import type { EventLog } from '../store/event-log.ts';
 import { createTunnelServer } from '../transport/tls.ts';
-import { createApiServer } from './api.ts';
+import { createApiServer, type OriginCertBundle } from './api.ts';
 import { createEdgeTls, type EdgeTls, loadOrCreateEdgeTls } from './ca.ts';
 import type { EdgeConfig, ListenAddress } from './config.ts';
+import { ControlPlane, type Principal } from './control-plane.ts';
+import { startDnsServer } from './dns-server.ts';
+import { LoginSessions } from './login.ts';
 import { EdgeMetrics } from './metrics.ts';
 import { quickTunnelName } from './names.ts';
+import { loadOrCreateOriginCa } from './origin-ca.ts';
 import { RoutingTable } from './routing.ts';
-import {
-  type ConnectionRecord,
-  type TunnelAuthority,
-  TunnelSessions,
-  type UnregisterReason,
-} from './tunnel-sessions.ts';
+import { type TunnelAuthority, TunnelSessions } from './tunnel-sessions.ts';
 import { createVisitorServer } from './visitor-proxy.ts';
 
 export { defaultEdgeConfig, type EdgeConfig, type ListenAddress } from './config.ts';
@@ -40,6 +43,8 @@ export interface EdgeComponents {
   log: Logger;
   registry: Registry;
   eventLog: EventLog;
+  /** Uniform in [0, 1): DNS cleanup deadlines are drawn with it. Default Math.random. */
+  random?: () => number;
 }
 
 export interface QuickTunnelCredentials {
@@ -57,21 +62,17 @@ export interface Edge {
   readonly tunnelPort: number;
   readonly apiPort: number;
   readonly apiUrl: string;
+  /** 0 when the DNS server is off. */
+  readonly dnsPort: number;
   readonly caCertPem: string;
   readonly config: EdgeConfig;
   readonly routing: RoutingTable;
+  readonly controlPlane: ControlPlane;
   createQuickTunnel(): Promise<QuickTunnelCredentials>;
   /** The URL a visitor uses for a hostname on this edge. */
   visitorUrl(hostname: string): string;
   /** Graceful: drain agents, finish in-flight requests, close listeners and the log. Idempotent. */
   close(): Promise<void>;
-}
-
-interface TunnelEntry {
-  hostname: string;
-  deleted: boolean;
-  /** Connections the log says are live on this PoP: stale after a crash, retired at start. */
-  live: Map<string, ConnectionRecord>;
 }
 
 async function loadSecretKey(dataDir: string | undefined): Promise<Buffer> {
@@ -100,88 +101,47 @@ async function listen(server: http.Server | tls.Server, addr: ListenAddress): Pr
 export async function startEdge(components: EdgeComponents, config: EdgeConfig): Promise<Edge> {
   const { clock, log, eventLog } = components;
   const metrics = new EdgeMetrics(components.registry);
-  const routing = new RoutingTable();
   const secretKey = await loadSecretKey(config.dataDir);
   const edgeTls: EdgeTls = config.dataDir
     ? await loadOrCreateEdgeTls(config.dataDir, config.tunnelServerName)
     : await createEdgeTls(config.tunnelServerName);
+  const originCa = await loadOrCreateOriginCa(config.dataDir);
 
   // Tunnel secrets are derived from the edge's key, so no secret is ever stored in the event log.
   const secretFor = (tunnelId: string) =>
     createHmac('sha256', secretKey).update('warren tunnel secret v1\0').update(tunnelId).digest();
 
-  // Fold the log into the tunnel directory.
-  const tunnels = new Map<string, TunnelEntry>();
-  for await (const e of eventLog.readAll()) {
-    const data = e.data as Record<string, unknown>;
-    const tunnelId = data.tunnelId as string;
-    switch (e.type) {
-      case 'TunnelCreated':
-        tunnels.set(tunnelId, { hostname: String(data.hostname ?? ''), deleted: false, live: new Map() });
-        break;
-      case 'TunnelDeleted': {
-        const t = tunnels.get(tunnelId);
-        if (t) t.deleted = true;
-        break;
-      }
-      case 'ConnectionRegistered': {
-        const t = tunnels.get(tunnelId);
-        if (t && data.pop === config.pop)
-          t.live.set(data.connectionId as string, data as unknown as ConnectionRecord);
-        break;
-      }
-      case 'ConnectionUnregistered':
-        tunnels.get(tunnelId)?.live.delete(data.connectionId as string);
-        break;
-    }
-  }
+  const controlPlane = await ControlPlane.open(
+    { clock, log, eventLog, ...(components.random ? { random: components.random } : {}) },
+    {
+      edgeDomain: config.edgeDomain,
+      accountTunnelLimit: config.accountTunnelLimit,
+      dnsCleanupWindowMs: config.dnsCleanupWindowMs,
+    },
+  );
+  const { directory } = controlPlane;
+  const routing = new RoutingTable((hostname) => directory.tunnelForHost(hostname));
 
-  const record = async (tunnelId: string, command: TunnelCommand, actor: string) => {
-    await handleCommand(eventLog, `tunnel-${tunnelId}`, tunnelDecider, command, { actor });
-  };
-  const recordUnregistered = (r: ConnectionRecord, reason: UnregisterReason) =>
-    record(
-      r.tunnelId,
-      {
-        type: 'UnregisterConnection',
-        tunnelId: r.tunnelId,
-        connectionId: r.connectionId,
-        reason,
-        now: clock.now(),
-      },
-      'edge',
-    );
-
-  // A crash leaves connections the log thinks are live; they are not, since this edge just started.
-  for (const [tunnelId, t] of tunnels) {
-    for (const r of t.live.values()) {
-      await recordUnregistered({ ...r, tunnelId }, 'lost');
+  // A crash leaves connections the log thinks are live on this PoP; they are not, since this edge
+  // just started.
+  for (const t of [...directory.tunnels.values()]) {
+    for (const c of [...t.connections.values()]) {
+      if (c.pop === config.pop)
+        await controlPlane.unregisterConnection(
+          { tunnelId: t.tunnelId, connectionId: c.connectionId },
+          'lost',
+        );
     }
-    t.live.clear();
-    if (!t.deleted && t.hostname) routing.setHostname(t.hostname, tunnelId);
   }
 
   const authority: TunnelAuthority = {
-    lookup: (tunnelId) => tunnels.get(tunnelId),
+    lookup: (tunnelId) => {
+      const t = directory.tunnels.get(tunnelId);
+      return t && { hostname: t.hostname ?? '', deleted: t.deletedAt !== null };
+    },
     secretFor,
-    recordRegistered: (r) =>
-      record(
-        r.tunnelId,
-        {
-          type: 'RegisterConnection',
-          tunnelId: r.tunnelId,
-          connectionId: r.connectionId,
-          connIndex: r.connIndex,
-          pop: r.pop,
-          clientVersion: r.clientVersion,
-          clientOs: r.clientOs,
-          clientArch: r.clientArch,
-          originIp: r.originIp,
-          now: clock.now(),
-        },
-        'agent',
-      ),
-    recordUnregistered,
+    recordRegistered: (r) => controlPlane.registerConnection(r),
+    recordUnregistered: (r, reason) => controlPlane.unregisterConnection(r, reason),
   };
 
   const sessions = new TunnelSessions(
@@ -205,42 +165,108 @@ export async function startEdge(components: EdgeComponents, config: EdgeConfig):
   let visitorPort = 0;
   const visitorUrl = (hostname: string) => `http://${hostname}${visitorPort === 80 ? '' : `:${visitorPort}`}`;
 
+  const endpoint = () => ({
+    host: config.tunnel.host,
+    port: tunnelPort,
+    serverName: config.tunnelServerName,
+  });
+
   const createQuickTunnel = async (): Promise<QuickTunnelCredentials> => {
-    const tunnelId = randomUUID();
     const hostname = `${quickTunnelName()}.${config.zone}`;
-    await record(
-      tunnelId,
-      {
-        type: 'CreateTunnel',
-        tunnelId,
-        name: hostname,
-        accountId: null,
-        quick: true,
-        hostname,
-        now: clock.now(),
-      },
-      'quick-tunnel',
-    );
-    tunnels.set(tunnelId, { hostname, deleted: false, live: new Map() });
-    routing.setHostname(hostname, tunnelId);
+    const tunnelId = await controlPlane.createQuickTunnel(hostname);
     log.info({ tunnelId, hostname }, 'quick tunnel created');
     return {
       tunnelId,
       tunnelSecret: secretFor(tunnelId).toString('base64'),
       hostname,
       url: visitorUrl(hostname),
-      edge: { host: config.tunnel.host, port: tunnelPort, serverName: config.tunnelServerName },
+      edge: endpoint(),
       edgeCaPem: edgeTls.caCertPem,
     };
   };
 
-  const api = await createApiServer({ log, registry: components.registry }, { createQuickTunnel });
+  const namedCredentials = (t: TunnelView): NamedTunnelCredentials => ({
+    accountId: t.accountId ?? '',
+    tunnelId: t.tunnelId,
+    tunnelName: t.name,
+    secret: secretFor(t.tunnelId),
+    edge: endpoint(),
+    edgeCaPem: edgeTls.caCertPem,
+  });
+
+  const issueOriginCertificate = async (
+    principal: Principal,
+    zoneName?: string,
+  ): Promise<OriginCertBundle> => {
+    const zone = controlPlane.zoneFor(principal, zoneName || undefined);
+    const cert = await originCa.issue({ zone: zone.zone, now: clock.now() });
+    await controlPlane.recordOriginCertificate(principal, {
+      serial: cert.serial,
+      zone: zone.zone,
+      notAfter: cert.notAfter,
+    });
+    return {
+      accountId: principal.accountId,
+      zoneId: zone.zoneId,
+      zone: zone.zone,
+      certPem: cert.certPem,
+      keyPem: cert.keyPem,
+      edgeCaPem: edgeTls.caCertPem,
+      apiUrl,
+    };
+  };
+
+  const loginSessions = new LoginSessions(
+    {
+      clock,
+      authenticate: (token) => controlPlane.authenticate(token),
+      zonesOf: (p) =>
+        [...directory.zones.values()].filter((z) => z.accountId === p.accountId).map((z) => z.zone),
+      issue: issueOriginCertificate,
+    },
+    { ttlMs: config.loginSessionTtlMs },
+  );
+
+  const api = await createApiServer(
+    { log, registry: components.registry },
+    {
+      controlPlane,
+      loginSessions,
+      createQuickTunnel,
+      tunnelCredentials: (t) => credentialsFileFields(namedCredentials(t)),
+      tunnelToken: (t) => encodeTunnelToken(namedCredentials(t)),
+      issueOriginCertificate,
+      isConnectionLive: (connectionId) => routing.hasConnection(connectionId),
+    },
+  );
+  controlPlane.onTunnelDeleted = (tunnelId) => sessions.revoke(tunnelId);
 
   visitorPort = await listen(visitorServer, config.visitor);
   const tunnelPort = await listen(tunnelServer, config.tunnel);
   await api.listen({ host: config.api.host, port: config.api.port });
   const apiPort = (api.server.address() as AddressInfo).port;
-  log.info({ pop: config.pop, visitorPort, tunnelPort, apiPort }, 'edge listening');
+  const apiUrl = `http://${config.api.host.includes(':') ? `[${config.api.host}]` : config.api.host}:${apiPort}`;
+  const dns = config.dns
+    ? await startDnsServer(
+        { clock, log, view: directory },
+        {
+          host: config.dns.host,
+          port: config.dns.port,
+          edgeDomain: config.edgeDomain,
+          addresses: config.publicAddresses,
+          // A wildcard listen address is no use to an agent: advertise the public address instead.
+          tunnelEndpoints: [
+            {
+              host: ['0.0.0.0', '::'].includes(config.tunnel.host)
+                ? (config.publicAddresses.ipv4[0] ?? config.publicAddresses.ipv6[0] ?? '127.0.0.1')
+                : config.tunnel.host,
+              port: tunnelPort,
+            },
+          ],
+        },
+      )
+    : undefined;
+  log.info({ pop: config.pop, visitorPort, tunnelPort, apiPort, dnsPort: dns?.port }, 'edge listening');
 
   let closing: Promise<void> | undefined;
   const close = () => {
@@ -251,6 +277,8 @@ export async function startEdge(components: EdgeComponents, config: EdgeConfig):
       visitorServer.close();
       visitorServer.closeAllConnections();
       await api.close();
+      await dns?.close();
+      controlPlane.close();
       await eventLog.close();
       log.info({ pop: config.pop }, 'edge stopped');
     })();
@@ -261,10 +289,12 @@ export async function startEdge(components: EdgeComponents, config: EdgeConfig):
     visitorPort,
     tunnelPort,
     apiPort,
-    apiUrl: `http://${config.api.host.includes(':') ? `[${config.api.host}]` : config.api.host}:${apiPort}`,
+    apiUrl,
+    dnsPort: dns?.port ?? 0,
     caCertPem: edgeTls.caCertPem,
     config,
     routing,
+    controlPlane,
     createQuickTunnel,
     visitorUrl,
     close,

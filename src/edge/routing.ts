@@ -1,7 +1,7 @@
 /**
- * The edge's routing table: which tunnel serves a hostname, and which of its live connections takes
- * the next visitor request (the one with the fewest streams in flight). In memory only; rebuilt from
- * the event log at start.
+ * The edge's routing table: which tunnel serves a hostname (asked of the directory folded from the
+ * event log: quick-tunnel names and DNS routes), and which of its live connections takes the next
+ * visitor request (the one with the fewest streams in flight). Live connections are in memory only.
  */
 import type { MuxSession } from '../transport/session.ts';
 
@@ -15,19 +15,16 @@ export interface RoutedConnection {
 }
 
 export class RoutingTable {
-  readonly #hostToTunnel = new Map<string, string>();
+  readonly #resolveHost: (hostname: string) => string | undefined;
   readonly #connections = new Map<string, Map<string, RoutedConnection>>();
 
-  setHostname(hostname: string, tunnelId: string): void {
-    this.#hostToTunnel.set(hostname.toLowerCase(), tunnelId);
-  }
-
-  removeHostname(hostname: string): void {
-    this.#hostToTunnel.delete(hostname.toLowerCase());
+  /** `resolveHost` gets a lower-case hostname without port and returns the tunnel id serving it. */
+  constructor(resolveHost: (hostname: string) => string | undefined) {
+    this.#resolveHost = resolveHost;
   }
 
   tunnelForHost(hostname: string): string | undefined {
-    return this.#hostToTunnel.get(hostname);
+    return this.#resolveHost(hostname);
   }
 
   add(conn: RoutedConnection): void {
@@ -45,6 +42,11 @@ export class RoutingTable {
     if (!conns?.delete(connectionId)) return false;
     if (conns.size === 0) this.#connections.delete(tunnelId);
     return true;
+  }
+
+  hasConnection(connectionId: string): boolean {
+    for (const conns of this.#connections.values()) if (conns.has(connectionId)) return true;
+    return false;
   }
 
   connectionsOf(tunnelId: string): RoutedConnection[] {

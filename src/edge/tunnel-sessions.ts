@@ -7,7 +7,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import type { ConnectionRegistered, UnregisterReason } from '../events/tunnel.ts';
 import { type Clock, clockTimeout } from '../shared/clock.ts';
-import { describeError, WarrenError } from '../shared/errors.ts';
+import { describeError, isWarrenError, WarrenError } from '../shared/errors.ts';
 import type { Logger } from '../shared/log.ts';
 import type { ControlMessage } from '../transport/messages.ts';
 import { PROTOCOL_VERSION } from '../transport/messages.ts';
@@ -188,6 +188,7 @@ export class TunnelSessions {
       clientVersion: msg.client.version,
       clientOs: msg.client.os,
       clientArch: msg.client.arch,
+      connectorId: msg.client.id,
       originIp: msg.originLocalIp || remoteAddress,
     };
     live.record = record;
@@ -195,6 +196,11 @@ export class TunnelSessions {
       await authority.recordRegistered(record);
     } catch (err) {
       live.record = undefined;
+      // Refusals decided by the tunnel stream (the account's limit, a deletion that raced this
+      // registration) go to the agent as they are; anything else is the edge's own trouble.
+      if (isWarrenError(err, 'account_tunnel_limit') || isWarrenError(err, 'tunnel_deleted')) {
+        return refuse(err.code, err.message, false);
+      }
       log.error({ err: describeError(err), tunnelId: record.tunnelId }, 'could not record a registration');
       return refuse('bad_request', 'the edge could not record this registration; try again', true, 1000);
     }

@@ -47,6 +47,8 @@ export interface ConnectionRegistered {
     clientOs: string;
     clientArch: string;
     originIp: string;
+    /** The agent process (connector) holding the connection; absent in events written before 0.2. */
+    connectorId?: string;
     registeredAt: number;
   };
 }
@@ -56,7 +58,42 @@ export interface ConnectionUnregistered {
   data: { tunnelId: string; connectionId: string; reason: UnregisterReason; unregisteredAt: number };
 }
 
-export type TunnelEvent = TunnelCreated | TunnelDeleted | ConnectionRegistered | ConnectionUnregistered;
+/** The tunnel's last live connection went away. */
+export interface TunnelBecameInactive {
+  type: 'TunnelBecameInactive';
+  data: { tunnelId: string; inactiveAt: number };
+}
+
+/** The tunnel's `auto` DNS records are to be deleted at `dueAt` unless a connection comes back. */
+export interface DnsCleanupScheduled {
+  type: 'DnsCleanupScheduled';
+  data: { tunnelId: string; dueAt: number; scheduledAt: number };
+}
+
+export interface DnsCleanupCancelled {
+  type: 'DnsCleanupCancelled';
+  data: { tunnelId: string; dueAt: number; cancelledAt: number };
+}
+
+/**
+ * The deadline passed with the tunnel still inactive: its `auto` records added at or before `dueAt`
+ * are to be deleted. Appended before the deletions, which are idempotent and re-run at start until
+ * none is left, so a crash between the two loses nothing and deletes nothing twice.
+ */
+export interface DnsCleanupDue {
+  type: 'DnsCleanupDue';
+  data: { tunnelId: string; dueAt: number; firedAt: number };
+}
+
+export type TunnelEvent =
+  | TunnelCreated
+  | TunnelDeleted
+  | ConnectionRegistered
+  | ConnectionUnregistered
+  | TunnelBecameInactive
+  | DnsCleanupScheduled
+  | DnsCleanupCancelled
+  | DnsCleanupDue;
 
 // ---- Commands ----
 
@@ -82,6 +119,14 @@ export interface RegisterConnection {
   clientOs: string;
   clientArch: string;
   originIp: string;
+  /** The agent process holding the connection (its `client.id`); several share one tunnel as replicas. */
+  connectorId?: string;
+  /**
+   * The account's concurrency limit, checked when this registration would make the tunnel active:
+   * `activeTunnels` is how many of the account's tunnels have a live connection now (read from the
+   * projection by the caller, which serialises registrations per account).
+   */
+  accountLimit?: { activeTunnels: number; maxActiveTunnels: number };
   now: number;
 }
 
@@ -90,17 +135,39 @@ export interface UnregisterConnection {
   tunnelId: string;
   connectionId: string;
   reason: UnregisterReason;
+  /**
+   * When this is the last connection of a named tunnel: how long after `now` its `auto` DNS records
+   * are deleted (a random draw in the cleanup window, made by the caller). Omitted: no cleanup.
+   */
+  cleanupDelayMs?: number;
   now: number;
 }
 
-/** Unregisters every live connection (reason `revoked`), then deletes the tunnel. */
+/**
+ * Unregisters every live connection (reason `revoked`), then deletes the tunnel. Refused with
+ * `tunnel_active` while connections are live, unless `force`.
+ */
 export interface DeleteTunnel {
   type: 'DeleteTunnel';
   tunnelId: string;
+  force?: boolean;
   now: number;
 }
 
-export type TunnelCommand = CreateTunnel | RegisterConnection | UnregisterConnection | DeleteTunnel;
+/** The janitor's timer fired for `dueAt`. Nothing happens unless that cleanup is still pending and due. */
+export interface FireDnsCleanup {
+  type: 'FireDnsCleanup';
+  tunnelId: string;
+  dueAt: number;
+  now: number;
+}
+
+export type TunnelCommand =
+  | CreateTunnel
+  | RegisterConnection
+  | UnregisterConnection
+  | DeleteTunnel
+  | FireDnsCleanup;
 
 // ---- State ----
 
@@ -112,6 +179,8 @@ export interface TunnelConnection {
   clientOs: string;
   clientArch: string;
   originIp: string;
+  /** '' for connections recorded before connectors were. */
+  connectorId: string;
   registeredAt: number;
 }
 
@@ -126,6 +195,10 @@ export interface TunnelState {
   createdAt: number | null;
   /** Live connections by connectionId. Look up with `Object.hasOwn`, ids are not trusted keys. */
   connections: Readonly<Record<string, TunnelConnection>>;
+  /** A scheduled DNS cleanup not yet cancelled or fired. */
+  pendingCleanup: { dueAt: number } | null;
+  /** Time of the last `DnsCleanupDue`: auto records added at or before it are to go. */
+  cleanupDueAt: number | null;
 }
 
 export function initialState(): TunnelState {
@@ -138,6 +211,8 @@ export function initialState(): TunnelState {
     hostname: null,
     createdAt: null,
     connections: {},
+    pendingCleanup: null,
+    cleanupDueAt: null,
   };
 }
 
@@ -148,7 +223,7 @@ export function evolve(state: TunnelState, event: TunnelEvent): TunnelState {
       return { ...state, status: 'active', tunnelId, name, accountId, quick, hostname, createdAt };
     }
     case 'TunnelDeleted':
-      return { ...state, status: 'deleted', connections: {} };
+      return { ...state, status: 'deleted', connections: {}, pendingCleanup: null };
     case 'ConnectionRegistered': {
       const d = event.data;
       const connection: TunnelConnection = {
@@ -159,6 +234,7 @@ export function evolve(state: TunnelState, event: TunnelEvent): TunnelState {
         clientOs: d.clientOs,
         clientArch: d.clientArch,
         originIp: d.originIp,
+        connectorId: d.connectorId ?? '',
         registeredAt: d.registeredAt,
       };
       return { ...state, connections: { ...state.connections, [connection.connectionId]: connection } };
@@ -169,6 +245,14 @@ export function evolve(state: TunnelState, event: TunnelEvent): TunnelState {
       const connections = Object.fromEntries(Object.entries(state.connections).filter(([key]) => key !== id));
       return { ...state, connections };
     }
+    case 'TunnelBecameInactive':
+      return state;
+    case 'DnsCleanupScheduled':
+      return { ...state, pendingCleanup: { dueAt: event.data.dueAt } };
+    case 'DnsCleanupCancelled':
+      return { ...state, pendingCleanup: null };
+    case 'DnsCleanupDue':
+      return { ...state, pendingCleanup: null, cleanupDueAt: event.data.dueAt };
     default: {
       // Compile time: every event type is handled. Run time: a type written by a newer version is ignored.
       const _exhaustive: never = event;
@@ -206,6 +290,26 @@ export function decide(command: TunnelCommand, state: TunnelState): TunnelEvent[
       if (state.status === 'absent') throw absent(command.tunnelId);
       if (state.status === 'deleted') throw deleted(command.tunnelId);
       if (Object.hasOwn(state.connections, command.connectionId)) return [];
+      const limit = command.accountLimit;
+      const becomesActive = Object.keys(state.connections).length === 0;
+      if (limit && becomesActive && limit.activeTunnels >= limit.maxActiveTunnels) {
+        throw new WarrenError(
+          'account_tunnel_limit',
+          `this account already runs ${limit.activeTunnels} tunnels, its limit is ${limit.maxActiveTunnels}; stop or delete one, or ask the edge operator to raise --account-tunnel-limit`,
+        );
+      }
+      const cancelled: TunnelEvent[] = state.pendingCleanup
+        ? [
+            {
+              type: 'DnsCleanupCancelled',
+              data: {
+                tunnelId: command.tunnelId,
+                dueAt: state.pendingCleanup.dueAt,
+                cancelledAt: command.now,
+              },
+            },
+          ]
+        : [];
       // Fields listed one by one: what is stored must not grow with whatever else a caller passes.
       const c = command;
       const data = {
@@ -217,26 +321,62 @@ export function decide(command: TunnelCommand, state: TunnelState): TunnelEvent[
         clientOs: c.clientOs,
         clientArch: c.clientArch,
         originIp: c.originIp,
+        connectorId: c.connectorId ?? '',
         registeredAt: c.now,
       };
-      return [{ type: 'ConnectionRegistered', data }];
+      return [...cancelled, { type: 'ConnectionRegistered', data }];
     }
     case 'UnregisterConnection': {
       if (!Object.hasOwn(state.connections, command.connectionId)) return [];
       const { tunnelId, connectionId, reason, now } = command;
-      return [
+      const events: TunnelEvent[] = [
         { type: 'ConnectionUnregistered', data: { tunnelId, connectionId, reason, unregisteredAt: now } },
       ];
+      if (Object.keys(state.connections).length === 1) {
+        events.push({ type: 'TunnelBecameInactive', data: { tunnelId, inactiveAt: now } });
+        const delay = command.cleanupDelayMs;
+        if (delay !== undefined && !state.quick && state.status === 'active') {
+          if (!Number.isSafeInteger(delay) || delay < 0) {
+            throw new WarrenError('bad_request', `cleanupDelayMs must be an integer >= 0, not ${delay}`);
+          }
+          events.push({
+            type: 'DnsCleanupScheduled',
+            data: { tunnelId, dueAt: now + delay, scheduledAt: now },
+          });
+        }
+      }
+      return events;
+    }
+    case 'FireDnsCleanup': {
+      const { tunnelId, dueAt, now } = command;
+      // Cancelled, already fired, or a timer from before a re-schedule: nothing to do. Never early.
+      if (state.pendingCleanup?.dueAt !== dueAt || now < dueAt) return [];
+      return [{ type: 'DnsCleanupDue', data: { tunnelId, dueAt, firedAt: now } }];
     }
     case 'DeleteTunnel': {
       if (state.status === 'absent') throw absent(command.tunnelId);
       if (state.status === 'deleted') return [];
       const { tunnelId, now } = command;
+      const live = Object.keys(state.connections).length;
+      if (live > 0 && !command.force) {
+        throw new WarrenError(
+          'tunnel_active',
+          `tunnel ${state.name ?? tunnelId} has ${live} live connection${live === 1 ? '' : 's'}; stop its agents first or delete with --force`,
+        );
+      }
       const unregistered: TunnelEvent[] = Object.keys(state.connections).map((connectionId) => ({
         type: 'ConnectionUnregistered',
         data: { tunnelId, connectionId, reason: 'revoked', unregisteredAt: now },
       }));
-      return [...unregistered, { type: 'TunnelDeleted', data: { tunnelId, deletedAt: now } }];
+      const cancelled: TunnelEvent[] = state.pendingCleanup
+        ? [
+            {
+              type: 'DnsCleanupCancelled',
+              data: { tunnelId, dueAt: state.pendingCleanup.dueAt, cancelledAt: now },
+            },
+          ]
+        : [];
+      return [...unregistered, ...cancelled, { type: 'TunnelDeleted', data: { tunnelId, deletedAt: now } }];
     }
     default: {
       const _exhaustive: never = command;

@@ -29,6 +29,15 @@ export type ErrorCode =
   | 'duplicate_connection'
   | 'account_tunnel_limit'
   | 'edge_draining'
+  // control plane
+  | 'unauthorized'
+  | 'token_revoked'
+  | 'forbidden'
+  | 'not_found'
+  | 'already_exists'
+  | 'tunnel_active'
+  | 'dns_record_exists'
+  | 'not_initialized'
   // origin
   | 'origin_unreachable'
   | 'origin_timeout'

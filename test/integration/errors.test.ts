@@ -33,7 +33,14 @@ function startBareEdge(): Promise<Edge> {
       registry: new Registry(),
       eventLog: openMemoryEventLog({ clock: systemClock }),
     },
-    { ...defaultEdgeConfig, visitor: ANY_PORT, tunnel: ANY_PORT, api: ANY_PORT, drainTimeoutMs: 2000 },
+    {
+      ...defaultEdgeConfig,
+      visitor: ANY_PORT,
+      tunnel: ANY_PORT,
+      api: ANY_PORT,
+      dns: null,
+      drainTimeoutMs: 2000,
+    },
   );
 }
 

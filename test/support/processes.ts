@@ -219,6 +219,8 @@ export async function startEdgeProcess(
     '127.0.0.1:0',
     '--api-listen',
     '127.0.0.1:0',
+    '--dns-listen',
+    '127.0.0.1:0',
     ...args,
   ]);
   try {

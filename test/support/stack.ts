@@ -65,6 +65,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
         visitor: ANY_PORT,
         tunnel: ANY_PORT,
         api: ANY_PORT,
+        dns: ANY_PORT,
         // Tests close the agent first; a short drain keeps a failed test from hanging in close().
         drainTimeoutMs: 2000,
         ...heartbeat,

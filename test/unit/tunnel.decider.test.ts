@@ -3,13 +3,18 @@ import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import {
   type ConnectionRegistered,
+  type ConnectionUnregistered,
   type CreateTunnel,
+  type DnsCleanupCancelled,
+  type DnsCleanupDue,
+  type DnsCleanupScheduled,
   decide,
   evolve,
   initialState,
   type RegisterConnection,
   type TunnelCommand,
   type TunnelCreated,
+  type TunnelDeleted,
   type TunnelEvent,
   type TunnelState,
   tunnelDecider,
@@ -46,6 +51,7 @@ function register(connectionId: string, over: Partial<RegisterConnection> = {}):
     clientOs: 'linux',
     clientArch: 'x64',
     originIp: '192.0.2.10',
+    connectorId: 'connector-1',
     now: NOW + 1_000,
     ...over,
   };
@@ -54,16 +60,24 @@ function register(connectionId: string, over: Partial<RegisterConnection> = {}):
 function unregister(
   connectionId: string,
   reason: UnregisterConnection['reason'] = 'graceful',
+  over: Partial<UnregisterConnection> = {},
 ): UnregisterConnection {
-  return { type: 'UnregisterConnection', tunnelId: T, connectionId, reason, now: NOW + 2_000 };
+  return { type: 'UnregisterConnection', tunnelId: T, connectionId, reason, now: NOW + 2_000, ...over };
 }
+
+const HOUR = 3_600_000;
+/** A draw in the 24–48 h cleanup window, as the edge makes it. */
+const DELAY = 30 * HOUR;
+/** Time of the unregistration that made the tunnel inactive in the cleanup specs below. */
+const GONE = NOW + 2_000;
+const DUE = GONE + DELAY;
 
 const created: TunnelCreated = {
   type: 'TunnelCreated',
   data: { tunnelId: T, name: 'web', accountId: 'acc-1', quick: false, hostname: null, createdAt: NOW },
 };
 
-function registered(connectionId: string, connIndex = 0): ConnectionRegistered {
+function registered(connectionId: string, connIndex = 0, registeredAt = NOW + 1_000): ConnectionRegistered {
   return {
     type: 'ConnectionRegistered',
     data: {
@@ -75,10 +89,57 @@ function registered(connectionId: string, connIndex = 0): ConnectionRegistered {
       clientOs: 'linux',
       clientArch: 'x64',
       originIp: '192.0.2.10',
-      registeredAt: NOW + 1_000,
+      connectorId: 'connector-1',
+      registeredAt,
     },
   };
 }
+
+function unregistered(
+  connectionId: string,
+  reason: UnregisterConnection['reason'] = 'graceful',
+  at = GONE,
+): ConnectionUnregistered {
+  return {
+    type: 'ConnectionUnregistered',
+    data: { tunnelId: T, connectionId, reason, unregisteredAt: at },
+  };
+}
+
+const inactive = (at = GONE): TunnelEvent => ({
+  type: 'TunnelBecameInactive',
+  data: { tunnelId: T, inactiveAt: at },
+});
+
+const scheduled = (dueAt = DUE, at = GONE): DnsCleanupScheduled => ({
+  type: 'DnsCleanupScheduled',
+  data: { tunnelId: T, dueAt, scheduledAt: at },
+});
+
+const cancelled = (dueAt: number, at: number): DnsCleanupCancelled => ({
+  type: 'DnsCleanupCancelled',
+  data: { tunnelId: T, dueAt, cancelledAt: at },
+});
+
+const cleanupDue = (dueAt: number, at: number): DnsCleanupDue => ({
+  type: 'DnsCleanupDue',
+  data: { tunnelId: T, dueAt, firedAt: at },
+});
+
+const deletedAt = (at: number): TunnelDeleted => ({
+  type: 'TunnelDeleted',
+  data: { tunnelId: T, deletedAt: at },
+});
+
+/** A named tunnel whose only connection went away with a cleanup scheduled for DUE. */
+const pending: TunnelEvent[] = [created, registered('c-1'), unregistered('c-1'), inactive(), scheduled()];
+
+const fire = (dueAt: number, now: number): TunnelCommand => ({
+  type: 'FireDnsCleanup',
+  tunnelId: T,
+  dueAt,
+  now,
+});
 
 function fold(events: readonly TunnelEvent[]): TunnelState {
   return events.reduce(evolve, initialState());
@@ -182,16 +243,55 @@ describe('tunnel decider', () => {
     });
   });
 
+  describe('RegisterConnection under the account limit', () => {
+    const limit = (activeTunnels: number, maxActiveTunnels = 3) => ({ activeTunnels, maxActiveTunnels });
+
+    it('refuses with account_tunnel_limit when the tunnel would become active past the limit', () => {
+      given([created])
+        .when(register('c-1', { accountLimit: limit(3) }))
+        .refused('account_tunnel_limit');
+      given([created])
+        .when(register('c-1', { accountLimit: limit(4) }))
+        .refused('account_tunnel_limit');
+    });
+
+    it('registers while the account is under its limit', () => {
+      given([created])
+        .when(register('c-1', { accountLimit: limit(2) }))
+        .emits([registered('c-1')]);
+    });
+
+    it('does not count against the limit when the tunnel is already active', () => {
+      // The tunnel is among the account's active ones already: another connection adds no tunnel.
+      given([created, registered('c-1')])
+        .when(register('c-2', { connIndex: 1, accountLimit: limit(3) }))
+        .emits([registered('c-2', 1)]);
+    });
+
+    it('lets a repeated registration through as a no-op even at the limit', () => {
+      given([created, registered('c-1')])
+        .when(register('c-1', { accountLimit: limit(3) }))
+        .emits([]);
+    });
+
+    it('applies again once the tunnel went inactive, and then leaves the pending cleanup alone', () => {
+      given(pending)
+        .when(register('c-2', { accountLimit: limit(3) }))
+        .refused('account_tunnel_limit');
+    });
+  });
+
   describe('UnregisterConnection', () => {
-    it('unregisters a live connection with its reason', () => {
+    it('unregisters the last connection with its reason, and says the tunnel became inactive', () => {
       given([created, registered('c-1')])
         .when(unregister('c-1', 'lost'))
-        .emits([
-          {
-            type: 'ConnectionUnregistered',
-            data: { tunnelId: T, connectionId: 'c-1', reason: 'lost', unregisteredAt: NOW + 2_000 },
-          },
-        ]);
+        .emits([unregistered('c-1', 'lost'), inactive()]);
+    });
+
+    it('only unregisters while other connections remain', () => {
+      given([created, registered('c-1'), registered('c-2', 1)])
+        .when(unregister('c-1', 'replaced', { cleanupDelayMs: DELAY }))
+        .emits([unregistered('c-1', 'replaced')]);
     });
 
     it('is a no-op for an unknown connection, including names of Object.prototype members', () => {
@@ -211,29 +311,178 @@ describe('tunnel decider', () => {
     });
   });
 
+  describe('delayed DNS cleanup', () => {
+    it('schedules a cleanup cleanupDelayMs after the last connection of a named tunnel went away', () => {
+      given([created, registered('c-1')])
+        .when(unregister('c-1', 'graceful', { cleanupDelayMs: DELAY }))
+        .emits([unregistered('c-1'), inactive(), scheduled(DUE, GONE)]);
+    });
+
+    it('schedules a cleanup due at once for a zero delay', () => {
+      given([created, registered('c-1')])
+        .when(unregister('c-1', 'graceful', { cleanupDelayMs: 0 }))
+        .emits([unregistered('c-1'), inactive(), scheduled(GONE, GONE)]);
+    });
+
+    it('never schedules one for a quick tunnel: it has no DNS records', () => {
+      const quickCreated: TunnelCreated = {
+        type: 'TunnelCreated',
+        data: { ...created.data, accountId: null, quick: true, hostname: 'calm-otter.quick.test' },
+      };
+      given([quickCreated, registered('c-1')])
+        .when(unregister('c-1', 'graceful', { cleanupDelayMs: DELAY }))
+        .emits([unregistered('c-1'), inactive()]);
+    });
+
+    it('schedules nothing when the caller gives no cleanupDelayMs', () => {
+      given([created, registered('c-1')])
+        .when(unregister('c-1', 'edge_shutdown'))
+        .emits([unregistered('c-1', 'edge_shutdown'), inactive()]);
+    });
+
+    it('refuses a cleanupDelayMs that is negative or not an integer', () => {
+      for (const cleanupDelayMs of [-1, 1.5, Number.NaN, Number.POSITIVE_INFINITY]) {
+        given([created, registered('c-1')])
+          .when(unregister('c-1', 'graceful', { cleanupDelayMs }))
+          .refused('bad_request');
+      }
+    });
+
+    it('cancels the pending cleanup before a re-registration', () => {
+      given(pending)
+        .when(register('c-2', { now: GONE + HOUR }))
+        .emits([cancelled(DUE, GONE + HOUR), registered('c-2', 0, GONE + HOUR)]);
+    });
+
+    it('cancels nothing on a registration when no cleanup is pending', () => {
+      given([created, registered('c-1'), unregistered('c-1'), inactive()])
+        .when(register('c-2'))
+        .emits([registered('c-2')]);
+    });
+
+    it('emits DnsCleanupDue when the timer fires at or after dueAt', () => {
+      given(pending)
+        .when(fire(DUE, DUE))
+        .emits([cleanupDue(DUE, DUE)]);
+      given(pending)
+        .when(fire(DUE, DUE + 48 * HOUR))
+        .emits([cleanupDue(DUE, DUE + 48 * HOUR)]);
+    });
+
+    it('emits DnsCleanupDue only once', () => {
+      given([...pending, cleanupDue(DUE, DUE)])
+        .when(fire(DUE, DUE + 1))
+        .emits([]);
+    });
+
+    it('does nothing when fired early', () => {
+      given(pending)
+        .when(fire(DUE, DUE - 1))
+        .emits([]);
+    });
+
+    it('does nothing once the cleanup was cancelled by a re-registration', () => {
+      given([...pending, cancelled(DUE, GONE + HOUR), registered('c-2')])
+        .when(fire(DUE, DUE))
+        .emits([]);
+    });
+
+    it('does nothing for a stale dueAt, from a timer armed before a re-schedule', () => {
+      const later = DUE + 10 * HOUR;
+      const rescheduled = [
+        ...pending,
+        cancelled(DUE, GONE + HOUR),
+        registered('c-2'),
+        unregistered('c-2', 'graceful', GONE + 2 * HOUR),
+        inactive(GONE + 2 * HOUR),
+        scheduled(later, GONE + 2 * HOUR),
+      ];
+      given(rescheduled).when(fire(DUE, DUE)).emits([]);
+      given(rescheduled)
+        .when(fire(later, later))
+        .emits([cleanupDue(later, later)]);
+    });
+
+    it('does nothing for a tunnel that never had a cleanup, or does not exist', () => {
+      given([created]).when(fire(DUE, DUE)).emits([]);
+      given([]).when(fire(DUE, DUE)).emits([]);
+    });
+
+    it('folds the pending cleanup and the last due time', () => {
+      assert.deepEqual(fold(pending).pendingCleanup, { dueAt: DUE });
+      assert.equal(fold(pending).cleanupDueAt, null);
+      const fired = fold([...pending, cleanupDue(DUE, DUE)]);
+      assert.equal(fired.pendingCleanup, null);
+      assert.equal(fired.cleanupDueAt, DUE);
+      assert.equal(fold([...pending, cancelled(DUE, GONE + 1)]).pendingCleanup, null);
+    });
+  });
+
   describe('DeleteTunnel', () => {
-    it('revokes every live connection, then deletes the tunnel', () => {
+    const del = (over: Partial<Extract<TunnelCommand, { type: 'DeleteTunnel' }>> = {}): TunnelCommand => ({
+      type: 'DeleteTunnel',
+      tunnelId: T,
+      now: NOW + 5,
+      ...over,
+    });
+
+    it('refuses with tunnel_active while connections are live, unless forced', () => {
+      given([created, registered('c-1')])
+        .when(del())
+        .refused('tunnel_active');
+      given([created, registered('c-1')])
+        .when(del({ force: false }))
+        .refused('tunnel_active');
+    });
+
+    it('with force, revokes every live connection, then deletes the tunnel', () => {
       given([created, registered('c-1'), registered('c-2', 1)])
-        .when({ type: 'DeleteTunnel', tunnelId: T, now: NOW + 5 })
+        .when(del({ force: true }))
         .emits([
-          {
-            type: 'ConnectionUnregistered',
-            data: { tunnelId: T, connectionId: 'c-1', reason: 'revoked', unregisteredAt: NOW + 5 },
-          },
-          {
-            type: 'ConnectionUnregistered',
-            data: { tunnelId: T, connectionId: 'c-2', reason: 'revoked', unregisteredAt: NOW + 5 },
-          },
-          { type: 'TunnelDeleted', data: { tunnelId: T, deletedAt: NOW + 5 } },
+          unregistered('c-1', 'revoked', NOW + 5),
+          unregistered('c-2', 'revoked', NOW + 5),
+          deletedAt(NOW + 5),
         ]);
     });
 
+    it('deletes a tunnel without connections, with or without force', () => {
+      given([created])
+        .when(del())
+        .emits([deletedAt(NOW + 5)]);
+      given([created])
+        .when(del({ force: true }))
+        .emits([deletedAt(NOW + 5)]);
+    });
+
+    it('cancels a pending cleanup: deletion removes every record of the tunnel anyway', () => {
+      given(pending)
+        .when(del({ now: GONE + HOUR }))
+        .emits([cancelled(DUE, GONE + HOUR), deletedAt(GONE + HOUR)]);
+    });
+
+    it('leaves a deleted tunnel with no connections and nothing pending', () => {
+      const state = fold([
+        created,
+        registered('c-1'),
+        ...decide(del({ force: true }), fold([created, registered('c-1')])),
+      ]);
+      assert.equal(state.status, 'deleted');
+      assert.deepEqual(state.connections, {});
+      assert.equal(state.pendingCleanup, null);
+      assert.equal(fold([...pending, deletedAt(GONE + 1)]).pendingCleanup, null);
+    });
+
     it('is a no-op on a deleted tunnel and refused on an absent one', () => {
-      const del = { type: 'DeleteTunnel', tunnelId: T, now: NOW } as const;
-      given([created, { type: 'TunnelDeleted', data: { tunnelId: T, deletedAt: NOW } }])
-        .when(del)
+      given([created, deletedAt(NOW)])
+        .when(del())
         .emits([]);
-      given([]).when(del).refused('bad_request');
+      given([]).when(del()).refused('bad_request');
+    });
+
+    it('makes a pending timer fire into nothing after the deletion', () => {
+      given([...pending, cancelled(DUE, GONE + 1), deletedAt(GONE + 1)])
+        .when(fire(DUE, DUE))
+        .emits([]);
     });
   });
 
@@ -252,6 +501,7 @@ describe('tunnel decider', () => {
         clientOs: 'linux',
         clientArch: 'x64',
         originIp: '192.0.2.10',
+        connectorId: 'connector-1',
         registeredAt: NOW + 1_000,
       });
     });
@@ -308,12 +558,22 @@ describe('tunnel decider', () => {
           tunnelId: fc.constant(T),
           connectionId: id,
           reason: fc.constantFrom('graceful', 'lost', 'replaced', 'revoked', 'edge_shutdown' as const),
+          cleanupDelayMs: fc.option(fc.integer({ min: 0, max: 2 ** 40 }), { nil: undefined }),
           now,
         },
         { noNullPrototype: true },
       ),
       fc.record(
-        { type: fc.constant('DeleteTunnel' as const), tunnelId: fc.constant(T), now },
+        { type: fc.constant('DeleteTunnel' as const), tunnelId: fc.constant(T), force: fc.boolean(), now },
+        { noNullPrototype: true },
+      ),
+      fc.record(
+        {
+          type: fc.constant('FireDnsCleanup' as const),
+          tunnelId: fc.constant(T),
+          dueAt: fc.integer({ min: 0, max: 2 ** 45 }),
+          now,
+        },
         { noNullPrototype: true },
       ),
     );

@@ -1,0 +1,519 @@
+/**
+ * The edge's read model: every stream folded into one directory of accounts, tokens, zones, DNS
+ * records, tunnels with their live connections, pending DNS cleanups and the audit log. No I/O and no
+ * clock reads: `apply` takes stored events in log order, so replaying a log (or any prefix of it)
+ * always gives the same directory.
+ *
+ * It is mutable on purpose: the edge folds up to millions of events at start, and copying maps per
+ * event would dominate that. Readers get plain objects and must not change them.
+ */
+import type { AccountEvent, TokenRole } from './account.ts';
+import type { TunnelConnection, TunnelEvent } from './tunnel.ts';
+import { type DnsRecord, inZone, type ZoneEvent } from './zone.ts';
+
+/** What the directory needs of a stored event. */
+export interface DirectoryEvent {
+  position: number;
+  recordedAt: number;
+  type: string;
+  data: unknown;
+  meta: { actor?: string };
+}
+
+export interface AccountView {
+  accountId: string;
+  name: string;
+  operator: boolean;
+  createdAt: number;
+}
+
+export interface TokenView {
+  tokenId: string;
+  accountId: string;
+  member: string;
+  role: TokenRole;
+  tokenHash: string;
+  issuedAt: number;
+}
+
+export interface RetiredToken {
+  tokenId: string;
+  accountId: string;
+  how: 'rolled' | 'revoked';
+  at: number;
+}
+
+export interface ZoneView {
+  zone: string;
+  zoneId: string;
+  accountId: string;
+  addedAt: number;
+}
+
+export interface ZoneRecord extends DnsRecord {
+  zone: string;
+}
+
+export interface TunnelView {
+  tunnelId: string;
+  name: string;
+  accountId: string | null;
+  quick: boolean;
+  /** A quick tunnel's hostname. */
+  hostname: string | null;
+  createdAt: number;
+  deletedAt: number | null;
+  connections: Map<string, TunnelConnection>;
+  /** When the last connection went away; null while connected or never connected. */
+  inactiveAt: number | null;
+  pendingCleanup: { dueAt: number } | null;
+  /** The last cleanup that fell due: `auto` records added at or before it are to be deleted. */
+  cleanupDueAt: number | null;
+}
+
+export type AuditAction =
+  | 'account.create'
+  | 'zone.add'
+  | 'token.issue'
+  | 'token.roll'
+  | 'token.revoke'
+  | 'certificate.issue'
+  | 'tunnel.create'
+  | 'tunnel.delete'
+  | 'connection.register'
+  | 'connection.unregister'
+  | 'dns.cname_add'
+  | 'dns.a_add'
+  | 'dns.aaaa_add'
+  | 'dns.delete'
+  | 'dns_cleanup.schedule'
+  | 'dns_cleanup.cancel'
+  | 'dns_cleanup.due';
+
+export const AUDIT_ACTIONS: readonly AuditAction[] = [
+  'account.create',
+  'zone.add',
+  'token.issue',
+  'token.roll',
+  'token.revoke',
+  'certificate.issue',
+  'tunnel.create',
+  'tunnel.delete',
+  'connection.register',
+  'connection.unregister',
+  'dns.cname_add',
+  'dns.a_add',
+  'dns.aaaa_add',
+  'dns.delete',
+  'dns_cleanup.schedule',
+  'dns_cleanup.cancel',
+  'dns_cleanup.due',
+];
+
+export interface AuditEntry {
+  /** The event's position in the log: a stable id, and the order. */
+  id: number;
+  time: number;
+  action: AuditAction;
+  /** Who caused it: `token:<id>`, `agent`, `edge`, `janitor`, `init`. */
+  actor: string;
+  accountId: string;
+  tunnelId: string | null;
+  tunnelName: string | null;
+  connectionId: string | null;
+  pop: string | null;
+  clientVersion: string | null;
+  /** Action-specific fields: hostname, record type and content, reason, dueAt, member… */
+  details: Record<string, string | number | boolean | null>;
+}
+
+export interface DirectoryInit {
+  /** Newest audit entries kept in memory per account (older ones stay in the log); default 100 000. */
+  maxAuditEntriesPerAccount?: number;
+}
+
+type KnownEvent = AccountEvent | ZoneEvent | TunnelEvent;
+
+export class Directory {
+  readonly accounts = new Map<string, AccountView>();
+  readonly tokens = new Map<string, TokenView>();
+  readonly retiredTokens = new Map<string, RetiredToken>();
+  readonly zones = new Map<string, ZoneView>();
+  readonly records = new Map<string, ZoneRecord>();
+  readonly tunnels = new Map<string, TunnelView>();
+  /** Position of the last event applied. */
+  position = 0;
+
+  readonly #recordsByName = new Map<string, Set<string>>();
+  readonly #quickHosts = new Map<string, string>();
+  readonly #activeByAccount = new Map<string, number>();
+  readonly #tunnelNames = new Map<string, Map<string, string>>();
+  readonly #audit = new Map<string, AuditEntry[]>();
+  readonly #maxAudit: number;
+
+  constructor(init: DirectoryInit = {}) {
+    this.#maxAudit = init.maxAuditEntriesPerAccount ?? 100_000;
+  }
+
+  // ---- queries ----
+
+  /** The tunnel that serves visitors of `hostname` (lower case): a quick tunnel's name or a route. */
+  tunnelForHost(hostname: string): string | undefined {
+    const quick = this.#quickHosts.get(hostname);
+    if (quick) return quick;
+    // An exact record wins over a wildcard one level up (`*.example.com`), as in DNS.
+    const dot = hostname.indexOf('.');
+    const names = dot > 0 ? [hostname, `*${hostname.slice(dot)}`] : [hostname];
+    for (const name of names) {
+      for (const id of this.#recordsByName.get(name) ?? []) {
+        const r = this.records.get(id);
+        if (r?.tunnelId && this.tunnels.get(r.tunnelId)?.deletedAt === null) return r.tunnelId;
+      }
+    }
+    return undefined;
+  }
+
+  recordsAt(name: string): ZoneRecord[] {
+    return [...(this.#recordsByName.get(name) ?? [])].map((id) => this.records.get(id)!);
+  }
+
+  /** The zone served by this edge that contains `name` (the longest match), if any. */
+  zoneOf(name: string): ZoneView | undefined {
+    let best: ZoneView | undefined;
+    for (const z of this.zones.values()) {
+      if (inZone(name, z.zone) && (!best || z.zone.length > best.zone.length)) best = z;
+    }
+    return best;
+  }
+
+  tunnelByName(accountId: string, name: string): TunnelView | undefined {
+    const id = this.#tunnelNames.get(accountId)?.get(name);
+    return id === undefined ? undefined : this.tunnels.get(id);
+  }
+
+  /** Tunnels of the account with at least one live connection. */
+  activeTunnels(accountId: string): number {
+    return this.#activeByAccount.get(accountId) ?? 0;
+  }
+
+  /** Records a fired cleanup still has to delete: `auto`, pointing at the tunnel, added before it fell due. */
+  recordsDueForCleanup(tunnel: TunnelView): ZoneRecord[] {
+    const due = tunnel.cleanupDueAt;
+    if (due === null) return [];
+    return [...this.records.values()].filter(
+      (r) => r.tunnelId === tunnel.tunnelId && r.origin === 'auto' && r.addedAt <= due,
+    );
+  }
+
+  /** Newest last. */
+  audit(accountId: string): readonly AuditEntry[] {
+    return this.#audit.get(accountId) ?? [];
+  }
+
+  // ---- fold ----
+
+  apply(e: DirectoryEvent): void {
+    this.position = e.position;
+    const event = { type: e.type, data: e.data } as KnownEvent;
+    const actor = e.meta.actor ?? 'unknown';
+    switch (event.type) {
+      case 'AccountCreated': {
+        const d = event.data;
+        this.accounts.set(d.accountId, {
+          accountId: d.accountId,
+          name: d.name,
+          operator: d.operator,
+          createdAt: d.createdAt,
+        });
+        this.#addAudit(e, actor, 'account.create', d.accountId, null, { name: d.name });
+        return;
+      }
+      case 'ApiTokenIssued': {
+        const d = event.data;
+        this.tokens.set(d.tokenId, {
+          tokenId: d.tokenId,
+          accountId: d.accountId,
+          member: d.member,
+          role: d.role,
+          tokenHash: d.tokenHash,
+          issuedAt: d.issuedAt,
+        });
+        this.#addAudit(e, actor, 'token.issue', d.accountId, null, {
+          tokenId: d.tokenId,
+          member: d.member,
+          role: d.role,
+        });
+        return;
+      }
+      case 'ApiTokenRolled': {
+        const d = event.data;
+        const old = this.tokens.get(d.tokenId);
+        if (!old) return;
+        this.tokens.delete(d.tokenId);
+        this.retiredTokens.set(d.tokenId, {
+          tokenId: d.tokenId,
+          accountId: d.accountId,
+          how: 'rolled',
+          at: d.rolledAt,
+        });
+        this.tokens.set(d.newTokenId, {
+          ...old,
+          tokenId: d.newTokenId,
+          tokenHash: d.tokenHash,
+          issuedAt: d.rolledAt,
+        });
+        this.#addAudit(e, actor, 'token.roll', d.accountId, null, {
+          tokenId: d.tokenId,
+          newTokenId: d.newTokenId,
+          member: old.member,
+        });
+        return;
+      }
+      case 'ApiTokenRevoked': {
+        const d = event.data;
+        const old = this.tokens.get(d.tokenId);
+        this.tokens.delete(d.tokenId);
+        this.retiredTokens.set(d.tokenId, {
+          tokenId: d.tokenId,
+          accountId: d.accountId,
+          how: 'revoked',
+          at: d.revokedAt,
+        });
+        this.#addAudit(e, actor, 'token.revoke', d.accountId, null, {
+          tokenId: d.tokenId,
+          member: old?.member ?? null,
+        });
+        return;
+      }
+      case 'OriginCertificateIssued': {
+        const d = event.data;
+        this.#addAudit(e, actor, 'certificate.issue', d.accountId, null, {
+          serial: d.serial,
+          zone: d.zone,
+          tokenId: d.tokenId,
+          notAfter: d.notAfter,
+        });
+        return;
+      }
+      case 'TunnelNameClaimed': {
+        const d = event.data;
+        let names = this.#tunnelNames.get(d.accountId);
+        if (!names) {
+          names = new Map();
+          this.#tunnelNames.set(d.accountId, names);
+        }
+        names.set(d.name, d.tunnelId);
+        return;
+      }
+      case 'TunnelNameReleased': {
+        const d = event.data;
+        const names = this.#tunnelNames.get(d.accountId);
+        if (names?.get(d.name) === d.tunnelId) names.delete(d.name);
+        return;
+      }
+      case 'ZoneAdded': {
+        const d = event.data;
+        this.zones.set(d.zone, {
+          zone: d.zone,
+          zoneId: d.zoneId,
+          accountId: d.accountId,
+          addedAt: d.addedAt,
+        });
+        this.#addAudit(e, actor, 'zone.add', d.accountId, null, { zone: d.zone });
+        return;
+      }
+      case 'DnsRecordAdded': {
+        const d = event.data;
+        this.records.set(d.recordId, { ...d });
+        let ids = this.#recordsByName.get(d.name);
+        if (!ids) {
+          ids = new Set();
+          this.#recordsByName.set(d.name, ids);
+        }
+        ids.add(d.recordId);
+        const action =
+          d.type === 'CNAME' ? 'dns.cname_add' : d.type === 'AAAA' ? 'dns.aaaa_add' : 'dns.a_add';
+        const accountId = this.zones.get(d.zone)?.accountId;
+        if (accountId) {
+          this.#addAudit(e, actor, action, accountId, d.tunnelId, {
+            hostname: d.name,
+            recordType: d.type,
+            content: d.content,
+            origin: d.origin,
+          });
+        }
+        return;
+      }
+      case 'DnsRecordDeleted': {
+        const d = event.data;
+        this.records.delete(d.recordId);
+        const ids = this.#recordsByName.get(d.name);
+        ids?.delete(d.recordId);
+        if (ids?.size === 0) this.#recordsByName.delete(d.name);
+        const accountId = this.zones.get(d.zone)?.accountId;
+        if (accountId) {
+          this.#addAudit(e, actor, 'dns.delete', accountId, d.tunnelId, {
+            hostname: d.name,
+            recordType: d.type,
+            reason: d.reason,
+          });
+        }
+        return;
+      }
+      case 'TunnelCreated': {
+        const d = event.data;
+        this.tunnels.set(d.tunnelId, {
+          tunnelId: d.tunnelId,
+          name: d.name,
+          accountId: d.accountId,
+          quick: d.quick,
+          hostname: d.hostname,
+          createdAt: d.createdAt,
+          deletedAt: null,
+          connections: new Map(),
+          inactiveAt: null,
+          pendingCleanup: null,
+          cleanupDueAt: null,
+        });
+        if (d.hostname) this.#quickHosts.set(d.hostname, d.tunnelId);
+        if (d.accountId) this.#addAudit(e, actor, 'tunnel.create', d.accountId, d.tunnelId, { name: d.name });
+        return;
+      }
+      case 'TunnelDeleted': {
+        const t = this.tunnels.get(event.data.tunnelId);
+        if (!t) return;
+        this.#setConnections(t, () => t.connections.clear());
+        t.deletedAt = event.data.deletedAt;
+        t.pendingCleanup = null;
+        if (t.hostname) this.#quickHosts.delete(t.hostname);
+        if (t.accountId) this.#addAudit(e, actor, 'tunnel.delete', t.accountId, t.tunnelId, { name: t.name });
+        return;
+      }
+      case 'ConnectionRegistered': {
+        const d = event.data;
+        const t = this.tunnels.get(d.tunnelId);
+        if (!t) return;
+        const { tunnelId: _t, registeredAt, ...rest } = d;
+        const connection: TunnelConnection = { ...rest, connectorId: d.connectorId ?? '', registeredAt };
+        this.#setConnections(t, () => t.connections.set(d.connectionId, connection));
+        t.inactiveAt = null;
+        if (t.accountId) {
+          this.#addAudit(
+            e,
+            actor,
+            'connection.register',
+            t.accountId,
+            t.tunnelId,
+            {
+              connIndex: d.connIndex,
+              originIp: d.originIp,
+              clientOs: d.clientOs,
+              clientArch: d.clientArch,
+              connectorId: d.connectorId ?? '',
+            },
+            connection,
+          );
+        }
+        return;
+      }
+      case 'ConnectionUnregistered': {
+        const d = event.data;
+        const t = this.tunnels.get(d.tunnelId);
+        const connection = t?.connections.get(d.connectionId);
+        if (!t || !connection) return;
+        this.#setConnections(t, () => t.connections.delete(d.connectionId));
+        if (t.accountId) {
+          this.#addAudit(
+            e,
+            actor,
+            'connection.unregister',
+            t.accountId,
+            t.tunnelId,
+            { reason: d.reason },
+            connection,
+          );
+        }
+        return;
+      }
+      case 'TunnelBecameInactive': {
+        const t = this.tunnels.get(event.data.tunnelId);
+        if (t) t.inactiveAt = event.data.inactiveAt;
+        return;
+      }
+      case 'DnsCleanupScheduled': {
+        const t = this.tunnels.get(event.data.tunnelId);
+        if (!t) return;
+        t.pendingCleanup = { dueAt: event.data.dueAt };
+        if (t.accountId)
+          this.#addAudit(e, actor, 'dns_cleanup.schedule', t.accountId, t.tunnelId, {
+            dueAt: event.data.dueAt,
+          });
+        return;
+      }
+      case 'DnsCleanupCancelled': {
+        const t = this.tunnels.get(event.data.tunnelId);
+        if (!t) return;
+        t.pendingCleanup = null;
+        if (t.accountId)
+          this.#addAudit(e, actor, 'dns_cleanup.cancel', t.accountId, t.tunnelId, {
+            dueAt: event.data.dueAt,
+          });
+        return;
+      }
+      case 'DnsCleanupDue': {
+        const t = this.tunnels.get(event.data.tunnelId);
+        if (!t) return;
+        t.pendingCleanup = null;
+        t.cleanupDueAt = event.data.dueAt;
+        if (t.accountId)
+          this.#addAudit(e, actor, 'dns_cleanup.due', t.accountId, t.tunnelId, { dueAt: event.data.dueAt });
+        return;
+      }
+      default:
+        // A type this version does not know (written by a newer one) changes nothing here.
+        return;
+    }
+  }
+
+  /** Runs `change` on a tunnel's connections and keeps the account's active-tunnel count right. */
+  #setConnections(t: TunnelView, change: () => void): void {
+    const before = t.connections.size > 0;
+    change();
+    const after = t.connections.size > 0;
+    if (before === after || !t.accountId) return;
+    this.#activeByAccount.set(t.accountId, this.activeTunnels(t.accountId) + (after ? 1 : -1));
+  }
+
+  #addAudit(
+    e: DirectoryEvent,
+    actor: string,
+    action: AuditAction,
+    accountId: string,
+    tunnelId: string | null,
+    details: AuditEntry['details'],
+    connection?: TunnelConnection,
+  ): void {
+    let entries = this.#audit.get(accountId);
+    if (!entries) {
+      entries = [];
+      this.#audit.set(accountId, entries);
+    }
+    entries.push({
+      id: e.position,
+      time: e.recordedAt,
+      action,
+      actor,
+      accountId,
+      tunnelId,
+      tunnelName: tunnelId ? (this.tunnels.get(tunnelId)?.name ?? null) : null,
+      connectionId: connection?.connectionId ?? null,
+      pop: connection?.pop ?? null,
+      clientVersion: connection?.clientVersion ?? null,
+      details,
+    });
+    // Trim in batches so that the cost stays amortised O(1) per entry.
+    if (entries.length > this.#maxAudit + Math.ceil(this.#maxAudit / 10)) {
+      entries.splice(0, entries.length - this.#maxAudit);
+    }
+  }
+}
