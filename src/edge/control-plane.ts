@@ -719,6 +719,14 @@ export class ControlPlane {
   }
 
   async #recover(): Promise<void> {
+    // A create that died between claiming the name and creating the tunnel: give the name back. The
+    // list is taken before the first await, so no create running now can be mistaken for one.
+    const orphans = [...this.directory.tunnelNameClaims()].filter(
+      ([, , id]) => !this.directory.tunnels.has(id),
+    );
+    for (const [accountId, name, tunnelId] of orphans) {
+      await this.#account({ type: 'ReleaseTunnelName', accountId, name, tunnelId, now: this.#now }, 'edge');
+    }
     for (const t of [...this.directory.tunnels.values()]) {
       if (t.deletedAt !== null) {
         const named = t.accountId ? this.directory.tunnelByName(t.accountId, t.name) : undefined;

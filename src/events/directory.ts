@@ -191,6 +191,13 @@ export class Directory {
     return id === undefined ? undefined : this.tunnels.get(id);
   }
 
+  /** Tunnel names claimed on account streams: `[accountId, name, tunnelId]`. */
+  *tunnelNameClaims(): Generator<[string, string, string]> {
+    for (const [accountId, names] of this.#tunnelNames) {
+      for (const [name, tunnelId] of names) yield [accountId, name, tunnelId];
+    }
+  }
+
   /** Tunnels of the account with at least one live connection. */
   activeTunnels(accountId: string): number {
     return this.#activeByAccount.get(accountId) ?? 0;
