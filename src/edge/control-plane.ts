@@ -495,7 +495,7 @@ export class ControlPlane {
 
   async #deleteRecordsOf(
     tunnelId: string,
-    filter: { onlyOrigin?: DnsRecordOrigin; addedBefore?: number },
+    filter: { onlyOrigin?: DnsRecordOrigin; addedBefore?: number; onlyRecordIds?: readonly string[] },
     reason: DnsDeleteReason,
     actor: string,
   ): Promise<void> {
@@ -751,10 +751,13 @@ export class ControlPlane {
   }
 
   async #deleteDue(t: TunnelView): Promise<void> {
-    if (t.cleanupDueAt === null) return;
+    // Exactly the records the directory found due: a route made after the cleanup fell due but in the
+    // same millisecond as its deadline matches the time filters too, and must stay.
+    const due = this.directory.recordsDueForCleanup(t);
+    if (t.cleanupDueAt === null || due.length === 0) return;
     await this.#deleteRecordsOf(
       t.tunnelId,
-      { onlyOrigin: 'auto', addedBefore: t.cleanupDueAt },
+      { onlyOrigin: 'auto', addedBefore: t.cleanupDueAt, onlyRecordIds: due.map((r) => r.recordId) },
       'tunnel_inactive',
       'janitor',
     );

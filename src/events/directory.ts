@@ -149,6 +149,12 @@ export class Directory {
   readonly #activeByAccount = new Map<string, number>();
   readonly #tunnelNames = new Map<string, Map<string, string>>();
   readonly #audit = new Map<string, AuditEntry[]>();
+  /**
+   * Log positions of each live record's `DnsRecordAdded` and of each tunnel's last `DnsCleanupDue`:
+   * a route made after a cleanup fell due is not that cleanup's to delete, even within its millisecond.
+   */
+  readonly #recordPositions = new Map<string, number>();
+  readonly #cleanupDuePosition = new Map<string, number>();
   readonly #maxAudit: number;
 
   constructor(init: DirectoryInit = {}) {
@@ -206,9 +212,14 @@ export class Directory {
   /** Records a fired cleanup still has to delete: `auto`, pointing at the tunnel, added before it fell due. */
   recordsDueForCleanup(tunnel: TunnelView): ZoneRecord[] {
     const due = tunnel.cleanupDueAt;
-    if (due === null) return [];
+    const duePosition = this.#cleanupDuePosition.get(tunnel.tunnelId);
+    if (due === null || duePosition === undefined) return [];
     return [...this.records.values()].filter(
-      (r) => r.tunnelId === tunnel.tunnelId && r.origin === 'auto' && r.addedAt <= due,
+      (r) =>
+        r.tunnelId === tunnel.tunnelId &&
+        r.origin === 'auto' &&
+        r.addedAt <= due &&
+        (this.#recordPositions.get(r.recordId) ?? 0) < duePosition,
     );
   }
 
@@ -332,6 +343,7 @@ export class Directory {
       case 'DnsRecordAdded': {
         const d = event.data;
         this.records.set(d.recordId, { ...d });
+        this.#recordPositions.set(d.recordId, e.position);
         let ids = this.#recordsByName.get(d.name);
         if (!ids) {
           ids = new Set();
@@ -354,6 +366,7 @@ export class Directory {
       case 'DnsRecordDeleted': {
         const d = event.data;
         this.records.delete(d.recordId);
+        this.#recordPositions.delete(d.recordId);
         const ids = this.#recordsByName.get(d.name);
         ids?.delete(d.recordId);
         if (ids?.size === 0) this.#recordsByName.delete(d.name);
@@ -472,6 +485,7 @@ export class Directory {
         if (!t) return;
         t.pendingCleanup = null;
         t.cleanupDueAt = event.data.dueAt;
+        this.#cleanupDuePosition.set(t.tunnelId, e.position);
         if (t.accountId)
           this.#addAudit(e, actor, 'dns_cleanup.due', t.accountId, t.tunnelId, { dueAt: event.data.dueAt });
         return;

@@ -4,8 +4,8 @@
  * A name holds either one CNAME or address records (one A and/or one AAAA), as in DNS. Records point
  * at a tunnel (`tunnelId`) when a route made them; `origin` says who asked: `manual` for
  * `tunnel route dns` and the API, `auto` for `tunnel run --hostname`. Deletions are conditional
- * (`onlyTunnelId`, `onlyOrigin`, `addedBefore`) so that a cleanup never removes a record that was
- * re-pointed to another tunnel, and asking twice deletes nothing the second time.
+ * (`onlyTunnelId`, `onlyOrigin`, `addedBefore`, `onlyRecordIds`) so that a cleanup never removes a
+ * record that was re-pointed to another tunnel, and asking twice deletes nothing the second time.
  */
 import { WarrenError } from '../shared/errors.ts';
 import type { Decider } from './decider.ts';
@@ -94,6 +94,11 @@ export interface DeleteDnsRecords {
   onlyOrigin?: DnsRecordOrigin;
   /** Only records added at or before this time (a cleanup spares routes made after it was due). */
   addedBefore?: number;
+  /**
+   * Only these records. A cleanup passes the ones it found due, since a route made in the very
+   * millisecond after it fell due passes `addedBefore` too.
+   */
+  onlyRecordIds?: readonly string[];
   reason: DnsDeleteReason;
   now: number;
 }
@@ -237,8 +242,10 @@ export function decide(command: ZoneCommand, state: ZoneState): ZoneEvent[] {
     }
     case 'DeleteDnsRecords': {
       const c = command;
+      const onlyIds = c.onlyRecordIds === undefined ? undefined : new Set(c.onlyRecordIds);
       const doomed = Object.values(state.records).filter(
         (r) =>
+          (onlyIds === undefined || onlyIds.has(r.recordId)) &&
           (c.name === undefined || r.name === c.name) &&
           (c.onlyTunnelId === undefined || r.tunnelId === c.onlyTunnelId) &&
           (c.onlyOrigin === undefined || r.origin === c.onlyOrigin) &&

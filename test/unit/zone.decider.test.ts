@@ -356,6 +356,15 @@ describe('zone decider', () => {
         .emits([]);
     });
 
+    it('with onlyRecordIds, takes only the listed records, and none that no longer match', () => {
+      given(all)
+        .when(remove({ onlyTunnelId: T1, onlyRecordIds: [www.data.recordId], reason: 'tunnel_inactive' }))
+        .emits([deleted(www, 'tunnel_inactive', NOW + 100)]);
+      given(all)
+        .when(remove({ onlyTunnelId: T2, onlyRecordIds: [www.data.recordId], reason: 'tunnel_inactive' }))
+        .emits([]);
+    });
+
     it('deletes nothing the second time', () => {
       const cleanup = remove({
         onlyTunnelId: T1,
