@@ -15,18 +15,32 @@
  * non-zero when the bench itself breaks. A tunnel that stops answering is reported and the rest of
  * its workloads skipped, so the run stays bounded.
  *
+ * After those, the control-plane benchmarks of issue 3 (bench/control-plane.ts): edge start-up on a
+ * log of 100k and 1M events, API and DNS throughput, and the edge's memory with 1000 registered tunnels.
+ *
  * Flags:
  *   --write            also write the figures and the machine to bench/RESULTS.md
  *   --duration S       seconds per wrk run (default 5)
- *   --only LIST        comma-separated subset of: tiny, download, upload, ws
+ *   --only LIST        comma-separated subset of: tiny, download, upload, ws (data plane) and
+ *                      replay, api, dns, tunnels1000 (control plane); only control-plane names: no
+ *                      origin, tunnel or wrk is started
  *   --concurrency LIST tiny-GET concurrencies (default 1,16,64,256)
- *   --profile DIR      run edge and agent with --cpu-prof into DIR/edge and DIR/agent; summarise with
+ *   --profile DIR      run edge and agent with --cpu-prof into DIR/edge and DIR/agent (control-plane
+ *                      edges into DIR/replay-<events>, DIR/edge-api, DIR/edge-1000); summarise with
  *                      `node --import tsx bench/profile-summary.ts DIR`
  */
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import {
+  CONTROL_PLANE_SECTIONS,
+  type ControlPlaneSection,
+  controlPlaneSectionOf,
+  printControlPlane,
+  runControlPlane,
+  writeControlPlaneResults,
+} from './control-plane.ts';
 import {
   BenchError,
   BULK_BYTES,
@@ -78,7 +92,7 @@ function parseFlags(argv: string[]): Flags {
     write: false,
     durationS: 5,
     profileDir: undefined,
-    only: new Set(WORKLOADS),
+    only: new Set([...WORKLOADS, ...CONTROL_PLANE_SECTIONS]),
     concurrencies: [...CONCURRENCIES],
   };
   for (let i = 0; i < argv.length; i++) {
@@ -96,9 +110,10 @@ function parseFlags(argv: string[]): Flags {
     } else if (a === '--profile') flags.profileDir = path.resolve(value());
     else if (a === '--only') {
       flags.only = new Set(value().split(','));
+      const known: readonly string[] = [...WORKLOADS, ...CONTROL_PLANE_SECTIONS];
       for (const w of flags.only)
-        if (!(WORKLOADS as readonly string[]).includes(w))
-          throw new BenchError(`--only: unknown workload ${w} (known: ${WORKLOADS.join(', ')})`);
+        if (!known.includes(w))
+          throw new BenchError(`--only: unknown workload ${w} (known: ${known.join(', ')})`);
     } else if (a === '--concurrency') {
       flags.concurrencies = value().split(',').map(Number);
       if (flags.concurrencies.some((c) => !Number.isInteger(c) || c < 1 || c > 10_000))
@@ -339,6 +354,24 @@ ${problems}`;
 async function main(): Promise<void> {
   const started = new Date();
   const flags = parseFlags(process.argv.slice(2));
+  if (WORKLOADS.some((w) => flags.only.has(w))) await runDataPlane(flags, started);
+  const sections = new Set(CONTROL_PLANE_SECTIONS.filter((s) => flags.only.has(s)));
+  if (sections.size > 0) {
+    const cpStarted = new Date();
+    process.stdout.write(`\nbench: control plane (${[...sections].join(', ')})\n`);
+    const results = await runControlPlane({
+      sections: sections as Set<ControlPlaneSection>,
+      profileDir: flags.profileDir,
+    });
+    printControlPlane(results);
+    if (flags.write) {
+      writeControlPlaneResults(results, cpStarted);
+      process.stdout.write('wrote the control-plane section of bench/RESULTS.md\n');
+    }
+  }
+}
+
+async function runDataPlane(flags: Flags, started: Date): Promise<void> {
   await ensureWrk();
   if (!hasCommand('curl')) throw new BenchError('curl is missing: apt-get install -y curl');
 
@@ -511,7 +544,12 @@ async function main(): Promise<void> {
     );
   if (flags.write) {
     const file = path.join(ROOT, 'bench/RESULTS.md');
-    fs.writeFileSync(file, resultsMarkdown(results, flags, started, elapsedS));
+    // The control-plane section is written by its own benchmarks; keep it.
+    const controlPlane = fs.existsSync(file) ? controlPlaneSectionOf(fs.readFileSync(file, 'utf8')) : '';
+    fs.writeFileSync(
+      file,
+      resultsMarkdown(results, flags, started, elapsedS) + (controlPlane ? `\n${controlPlane}` : ''),
+    );
     process.stdout.write('wrote bench/RESULTS.md\n');
   }
 }

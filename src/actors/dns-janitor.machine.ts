@@ -39,6 +39,11 @@ export interface DnsJanitorInput {
   now: () => number;
   /** Pause after a failed fire before the next one; default 30 000 ms. */
   retryDelayMs?: number;
+  /**
+   * Deadlines known at start (the edge reads them from its projection). Taken in one pass: a SCHEDULE
+   * each would copy the whole map every time, quadratic in the inactive tunnels of a large edge.
+   */
+  pending?: Iterable<FireCleanupInput>;
 }
 
 /** Input of the `fireCleanup` actor: the deadline that passed. */
@@ -198,13 +203,20 @@ export const dnsJanitorMachine = setup({
   },
 }).createMachine({
   id: 'dnsJanitor',
-  context: ({ input }) => ({
-    now: input.now,
-    retryDelayMs: validRetryDelayMs(input.retryDelayMs),
-    pending: new Map(),
-    inFlight: null,
-    nextSeq: 1,
-  }),
+  context: ({ input }) => {
+    const pending = new Map<string, PendingCleanup>();
+    let nextSeq = 1;
+    for (const { tunnelId, dueAt } of input.pending ?? []) {
+      if (Number.isFinite(dueAt)) pending.set(tunnelId, { dueAt, seq: nextSeq++, failures: 0 });
+    }
+    return {
+      now: input.now,
+      retryDelayMs: validRetryDelayMs(input.retryDelayMs),
+      pending,
+      inFlight: null,
+      nextSeq,
+    };
+  },
   initial: 'idle',
   // In `firing` and `backingOff` a change only updates the entries; the next choice sees it.
   on: {

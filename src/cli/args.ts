@@ -66,3 +66,22 @@ export function parseDurationRange(text: string, flag: string): { minMs: number;
     throw new WarrenError('bad_config', `${flag}: the first duration must not exceed the second`);
   return { minMs, maxMs };
 }
+
+/**
+ * A point in time for a filter: an ISO 8601 date (`2026-01-02`, `2026-01-02T10:00:00Z`), epoch
+ * milliseconds (10 digits or more), or a duration meaning that long before `now` (`90m`, `2h`).
+ */
+export function parseTimeFlag(text: string, flag: string, now: number): number {
+  const t = text.trim();
+  if (/^\d{10,}$/.test(t)) return Number(t);
+  if (/^\d{4}-\d{2}-\d{2}/.test(t)) {
+    const ms = Date.parse(t);
+    if (Number.isFinite(ms)) return ms;
+  } else if (/^[\d.]+(ms|s|m|h)/.test(t)) {
+    return now - parseDurationMs(t, flag);
+  }
+  throw new WarrenError(
+    'bad_config',
+    `${flag}: "${text}" is not a time; use an ISO date (2026-01-02T10:00:00Z), epoch milliseconds, or a duration ago (90m, 2h)`,
+  );
+}

@@ -106,6 +106,8 @@ export class ControlPlane {
   };
   /** Waiters for the directory to reach a position. */
   readonly #waiters = new Set<{ position: number; resolve: () => void; reject: (e: unknown) => void }>();
+  /** The last command queued per stream (see #run). */
+  readonly #streamQueues = new Map<string, Promise<unknown>>();
   /** Per-account chain that serialises registrations which could make a tunnel active (the limit). */
   readonly #limitLocks = new Map<string, Promise<unknown>>();
   #subscription: Subscription | undefined;
@@ -180,9 +182,21 @@ export class ControlPlane {
     actor: string,
   ): Promise<E[]> {
     if (this.#closed) throw new WarrenError('store_closed', 'the edge is shutting down');
-    const events = await handleCommand(this.#c.eventLog, stream, decider, command, { actor }, { cache });
-    if (events.length > 0) await this.#caughtUp();
-    return events;
+    // One command at a time per stream: this process is the only writer of its log, so queueing here
+    // turns what would be optimistic-concurrency retries (and, under a burst, exhausted ones) into a
+    // short wait. The expected version still guards the append.
+    const previous = this.#streamQueues.get(stream) ?? Promise.resolve();
+    const mine = previous
+      .catch(() => {})
+      .then(() => handleCommand(this.#c.eventLog, stream, decider, command, { actor }, { cache }));
+    this.#streamQueues.set(stream, mine);
+    try {
+      const events = await mine;
+      if (events.length > 0) await this.#caughtUp();
+      return events;
+    } finally {
+      if (this.#streamQueues.get(stream) === mine) this.#streamQueues.delete(stream);
+    }
   }
 
   #account(command: AccountCommand, actor: string) {
@@ -499,9 +513,7 @@ export class ControlPlane {
     reason: DnsDeleteReason,
     actor: string,
   ): Promise<void> {
-    const zones = new Set(
-      [...this.directory.records.values()].filter((r) => r.tunnelId === tunnelId).map((r) => r.zone),
-    );
+    const zones = new Set(this.directory.recordsOf(tunnelId).map((r) => r.zone));
     for (const zone of zones) {
       await this.#zone(
         {
@@ -703,12 +715,12 @@ export class ControlPlane {
         ),
       },
     });
-    this.#janitor = createActor(machine, { clock, input: { now: () => clock.now() } });
-    this.#janitor.start();
+    const pending: { tunnelId: string; dueAt: number }[] = [];
     for (const t of this.directory.tunnels.values()) {
-      if (t.pendingCleanup)
-        this.#janitor.send({ type: 'SCHEDULE', tunnelId: t.tunnelId, dueAt: t.pendingCleanup.dueAt });
+      if (t.pendingCleanup) pending.push({ tunnelId: t.tunnelId, dueAt: t.pendingCleanup.dueAt });
     }
+    this.#janitor = createActor(machine, { clock, input: { now: () => clock.now(), pending } });
+    this.#janitor.start();
     // Work a crash may have interrupted: deletions whose records are still there.
     void this.#recover().catch((err: unknown) =>
       log.error(
@@ -730,7 +742,7 @@ export class ControlPlane {
     for (const t of [...this.directory.tunnels.values()]) {
       if (t.deletedAt !== null) {
         const named = t.accountId ? this.directory.tunnelByName(t.accountId, t.name) : undefined;
-        const hasRecords = [...this.directory.records.values()].some((r) => r.tunnelId === t.tunnelId);
+        const hasRecords = this.directory.recordsOf(t.tunnelId).length > 0;
         if (hasRecords || named?.tunnelId === t.tunnelId) await this.#finishDeletion(t, 'edge');
       } else if (this.directory.recordsDueForCleanup(t).length > 0) {
         await this.#deleteDue(t);

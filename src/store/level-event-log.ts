@@ -56,7 +56,7 @@ const GLOBAL_TO = 'g"';
 /** Stream heads kept in memory; older ones are re-read from their last index key when needed. */
 const STREAM_CACHE_ENTRIES = 10_000;
 /** Events read per LevelDB round trip by `readAll`. */
-const READ_BATCH = 256;
+const READ_BATCH = 1024;
 
 type Db = ClassicLevel<string, Uint8Array>;
 
@@ -251,13 +251,26 @@ class LevelEventLog implements EventLog {
       lt: GLOBAL_TO,
       limit: limit === Number.POSITIVE_INFINITY ? -1 : limit,
     });
+    const read = () => {
+      const batch = this.#guard(() => it.nextv(READ_BATCH));
+      // Awaited later (only in `finally` when the consumer stops early): a rejection meanwhile is not unhandled.
+      batch.catch(() => {});
+      return batch;
+    };
+    let next: Promise<[string, Uint8Array][]> | undefined = read();
     try {
       for (;;) {
-        const entries = await this.#guard(() => it.nextv(READ_BATCH));
+        const entries = await next;
+        next = undefined;
         if (entries.length === 0) return;
+        // LevelDB reads the next batch on a libuv thread while this one is decoded: at start-up the
+        // edge folds the whole log, and the read would otherwise wait for the decoding and vice versa.
+        next = read();
         for (const [key, bytes] of entries) yield decodeAt(bytes, key);
       }
     } finally {
+      // One read at a time on an iterator: let a prefetch finish before closing.
+      await next?.catch(() => {});
       await it.close().catch(() => {});
     }
   }

@@ -6,13 +6,13 @@
  * cannot tell the difference.
  */
 import { randomUUID } from 'node:crypto';
+import { OriginProxy } from '../../src/agent/origin-proxy.ts';
 import {
   type AgentConnection,
   connectTunnel,
   drainConnection,
   type TunnelCredentials,
 } from '../../src/agent/tunnel-connection.ts';
-import { OriginProxy } from '../../src/agent/origin-proxy.ts';
 import type { Clock } from '../../src/shared/clock.ts';
 import type { Logger } from '../../src/shared/log.ts';
 

@@ -196,11 +196,36 @@ export async function killAll(): Promise<void> {
   await Promise.all([...live].map((p) => p.kill()));
 }
 
+export interface CliResult extends ExitInfo {
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs a short-lived `warren` command (login, tunnel create, audit …) to its end and returns what it
+ * printed and its exit code. Rejects, quoting its output, when it has not exited within `timeoutMs`.
+ */
+export async function runCli(
+  args: string[],
+  opts: { env?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<CliResult> {
+  const proc = spawnCli(args, opts.env ? { env: opts.env } : {});
+  try {
+    const exit = await proc.waitExit(opts.timeoutMs ?? 30_000);
+    return { ...exit, stdout: proc.stdout, stderr: proc.stderr };
+  } catch (err) {
+    await proc.kill();
+    throw new Error(`${(err as Error).message}\nstdout:\n${proc.stdout}`, { cause: err });
+  }
+}
+
 export interface EdgeProcess extends CliProcess {
   readonly visitorPort: number;
   readonly tunnelPort: number;
   readonly apiPort: number;
   readonly apiUrl: string;
+  /** The DNS listener's port (UDP and TCP); 0 when started with --no-dns-listen. */
+  readonly dnsPort: number;
 }
 
 /**
@@ -209,23 +234,26 @@ export interface EdgeProcess extends CliProcess {
  */
 export async function startEdgeProcess(
   args: string[],
-  opts: { timeoutMs?: number } = {},
+  opts: { timeoutMs?: number; env?: Record<string, string> } = {},
 ): Promise<EdgeProcess> {
-  const proc = spawnCli([
-    'edge',
-    '--listen',
-    '127.0.0.1:0',
-    '--tunnel-listen',
-    '127.0.0.1:0',
-    '--api-listen',
-    '127.0.0.1:0',
-    '--dns-listen',
-    '127.0.0.1:0',
-    ...args,
-  ]);
+  const proc = spawnCli(
+    [
+      'edge',
+      '--listen',
+      '127.0.0.1:0',
+      '--tunnel-listen',
+      '127.0.0.1:0',
+      '--api-listen',
+      '127.0.0.1:0',
+      '--dns-listen',
+      '127.0.0.1:0',
+      ...args,
+    ],
+    opts.env ? { env: opts.env } : {},
+  );
   try {
     const m = await proc.waitForStdout(
-      /visitors: http:\/\/[^\s]+:(\d+)\n\s*tunnels:\s+[^\s]+:(\d+) \(TLS\)\n\s*API:\s+(http:\/\/[^\s]+:(\d+))\n/,
+      /visitors: http:\/\/[^\s]+:(\d+)\n\s*tunnels:\s+[^\s]+:(\d+) \(TLS\)\n\s*API:\s+(http:\/\/[^\s]+:(\d+))\n\s*DNS:\s+(?:[^\s]+:(\d+) \(UDP, TCP\)|off)\n/,
       opts.timeoutMs ?? 30_000,
     );
     return Object.assign(proc, {
@@ -233,6 +261,7 @@ export async function startEdgeProcess(
       tunnelPort: Number(m[2]),
       apiUrl: m[3]!,
       apiPort: Number(m[4]),
+      dnsPort: m[5] === undefined ? 0 : Number(m[5]),
     });
   } catch (err) {
     await proc.kill();

@@ -53,6 +53,16 @@ describe('control plane', () => {
     cp.close();
   });
 
+  it('takes a burst of concurrent writes to one account without refusing any', async () => {
+    const { cp } = await setup();
+    const p = await account(cp);
+    const names = Array.from({ length: 32 }, (_, i) => `burst-${i}`);
+    const created = await Promise.all(names.map((n) => cp.createTunnel(p, p.accountId, n)));
+    assert.equal(new Set(created.map((t) => t.tunnelId)).size, names.length);
+    assert.equal(cp.listTunnels(p, p.accountId).length, names.length);
+    cp.close();
+  });
+
   it('lets only one of two concurrent registrations take the last slot of the account limit', async () => {
     const { cp } = await setup();
     const p = await account(cp);

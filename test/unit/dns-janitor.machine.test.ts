@@ -35,7 +35,7 @@ interface Fire {
 /** Lets settled promises reach the machine: one macrotask turn drains every queued microtask. */
 const flush = () => new Promise<void>((resolve) => setImmediate(resolve));
 
-function start(opts: { retryDelayMs?: number; provide?: boolean } = {}) {
+function start(opts: { retryDelayMs?: number; provide?: boolean; pending?: FireCleanupInput[] } = {}) {
   const clock = new RecordingClock();
   const fires: Fire[] = [];
   const machine =
@@ -72,6 +72,7 @@ function start(opts: { retryDelayMs?: number; provide?: boolean } = {}) {
     input: {
       now: () => clock.now(),
       ...(opts.retryDelayMs === undefined ? {} : { retryDelayMs: opts.retryDelayMs }),
+      ...(opts.pending === undefined ? {} : { pending: opts.pending }),
     },
   });
   actor.start();
@@ -104,6 +105,34 @@ describe('dns janitor machine', () => {
     const t = start();
     assert.equal(t.status(), 'idle');
     assert.equal(t.clock.pendingTimers, 0);
+    t.actor.stop();
+  });
+
+  it('takes the deadlines known at start as if each had been scheduled', async () => {
+    const t0 = new ManualClock().now();
+    const t = start({
+      pending: [
+        { tunnelId: 'later', dueAt: t0 + 2 * HOUR_MS },
+        { tunnelId: 'overdue', dueAt: t0 - HOUR_MS },
+        { tunnelId: 'soon', dueAt: t0 + HOUR_MS },
+        { tunnelId: 'broken', dueAt: Number.NaN },
+      ],
+    });
+    assert.deepEqual(t.fired(), ['overdue'], 'an overdue deadline fires at start');
+    await t.succeed();
+    assert.equal(t.status(), 'waiting');
+    assert.deepEqual(
+      t.pending().map((p) => p.tunnelId),
+      ['later', 'soon'],
+      'a non-finite deadline is ignored, as SCHEDULE ignores it',
+    );
+    t.clock.advance(HOUR_MS);
+    assert.deepEqual(t.fired(), ['overdue', 'soon']);
+    await t.succeed();
+    t.clock.advance(HOUR_MS);
+    assert.deepEqual(t.fired(), ['overdue', 'soon', 'later']);
+    await t.succeed();
+    assert.equal(t.status(), 'idle');
     t.actor.stop();
   });
 
