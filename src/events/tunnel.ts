@@ -216,6 +216,25 @@ export function initialState(): TunnelState {
   };
 }
 
+/**
+ * The live connection a `ConnectionRegistered` describes, field by field: cheaper than a rest copy
+ * when millions of events are folded, and nothing else the event may carry is kept.
+ */
+export function connectionOf(d: ConnectionRegistered['data']): TunnelConnection {
+  return {
+    connectionId: d.connectionId,
+    connIndex: d.connIndex,
+    pop: d.pop,
+    clientVersion: d.clientVersion,
+    clientOs: d.clientOs,
+    clientArch: d.clientArch,
+    originIp: d.originIp,
+    // Absent in events written before connectors were recorded.
+    connectorId: d.connectorId ?? '',
+    registeredAt: d.registeredAt,
+  };
+}
+
 export function evolve(state: TunnelState, event: TunnelEvent): TunnelState {
   switch (event.type) {
     case 'TunnelCreated': {
@@ -225,18 +244,7 @@ export function evolve(state: TunnelState, event: TunnelEvent): TunnelState {
     case 'TunnelDeleted':
       return { ...state, status: 'deleted', connections: {}, pendingCleanup: null };
     case 'ConnectionRegistered': {
-      const d = event.data;
-      const connection: TunnelConnection = {
-        connectionId: d.connectionId,
-        connIndex: d.connIndex,
-        pop: d.pop,
-        clientVersion: d.clientVersion,
-        clientOs: d.clientOs,
-        clientArch: d.clientArch,
-        originIp: d.originIp,
-        connectorId: d.connectorId ?? '',
-        registeredAt: d.registeredAt,
-      };
+      const connection = connectionOf(event.data);
       return { ...state, connections: { ...state.connections, [connection.connectionId]: connection } };
     }
     case 'ConnectionUnregistered': {

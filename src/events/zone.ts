@@ -213,18 +213,7 @@ export function decide(command: ZoneCommand, state: ZoneState): ZoneEvent[] {
           `${c.name} already has a ${r.type} record pointing at ${what}; pass --overwrite-dns to replace it`,
         );
       }
-      const deleted: ZoneEvent[] = existing.map((r) => ({
-        type: 'DnsRecordDeleted',
-        data: {
-          zone: c.zone,
-          recordId: r.recordId,
-          name: r.name,
-          type: r.type,
-          tunnelId: r.tunnelId,
-          reason: 'overwritten',
-          deletedAt: c.now,
-        },
-      }));
+      const deleted = existing.map((r) => recordDeleted(c.zone, r, 'overwritten', c.now));
       const added: DnsRecordAdded = {
         type: 'DnsRecordAdded',
         data: {
@@ -254,24 +243,28 @@ export function decide(command: ZoneCommand, state: ZoneState): ZoneEvent[] {
       if (doomed.length === 0 && c.reason === 'manual' && c.name !== undefined) {
         throw new WarrenError('not_found', `no DNS record at ${c.name}`);
       }
-      return doomed.map((r) => ({
-        type: 'DnsRecordDeleted',
-        data: {
-          zone: c.zone,
-          recordId: r.recordId,
-          name: r.name,
-          type: r.type,
-          tunnelId: r.tunnelId,
-          reason: c.reason,
-          deletedAt: c.now,
-        },
-      }));
+      return doomed.map((r) => recordDeleted(c.zone, r, c.reason, c.now));
     }
     default: {
       const _exhaustive: never = command;
       throw new WarrenError('bad_request', `unknown zone command ${(command as { type: string }).type}`);
     }
   }
+}
+
+function recordDeleted(zone: string, r: DnsRecord, reason: DnsDeleteReason, now: number): DnsRecordDeleted {
+  return {
+    type: 'DnsRecordDeleted',
+    data: {
+      zone,
+      recordId: r.recordId,
+      name: r.name,
+      type: r.type,
+      tunnelId: r.tunnelId,
+      reason,
+      deletedAt: now,
+    },
+  };
 }
 
 export const zoneDecider: Decider<ZoneCommand, ZoneEvent, ZoneState> = { decide, evolve, initialState };

@@ -8,19 +8,18 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { after, before, describe, it } from 'node:test';
-import { Registry } from 'prom-client';
 import { parseCredentialsFile } from '../../src/agent/credentials.ts';
 import type { AgentConnection, TunnelCredentials } from '../../src/agent/tunnel-connection.ts';
-import { defaultEdgeConfig, type Edge, startEdge } from '../../src/edge/edge.ts';
+import { defaultEdgeConfig, type Edge } from '../../src/edge/edge.ts';
 import { systemClock } from '../../src/shared/clock.ts';
 import { isWarrenError } from '../../src/shared/errors.ts';
 import { silentLogger } from '../../src/shared/log.ts';
-import { openMemoryEventLog } from '../../src/store/memory-event-log.ts';
 import { request } from '../support/http.ts';
 import { LightAgent } from '../support/light-agent.ts';
+import { startTestEdge } from '../support/stack.ts';
 import { waitFor, withDeadline } from '../support/wait.ts';
 
-const ANY_PORT = { host: '127.0.0.1', port: 0 };
+const _ANY_PORT = { host: '127.0.0.1', port: 0 };
 const LIMIT = defaultEdgeConfig.accountTunnelLimit;
 const TUNNELS = LIMIT + 1;
 /** API requests and TLS handshakes in flight at once. */
@@ -48,17 +47,7 @@ describe(`an account's ${LIMIT + 1}st concurrent tunnel`, { timeout: 120_000 }, 
 
   before(async () => {
     const clock = systemClock;
-    edge = await startEdge(
-      { clock, log: silentLogger, registry: new Registry(), eventLog: openMemoryEventLog({ clock }) },
-      {
-        ...defaultEdgeConfig,
-        visitor: ANY_PORT,
-        tunnel: ANY_PORT,
-        api: ANY_PORT,
-        dns: null,
-        drainTimeoutMs: 2000,
-      },
-    );
+    edge = await startTestEdge();
     assert.equal(edge.config.accountTunnelLimit, 1000, 'the default limit is what this test is about');
     const account = await edge.controlPlane.initialize({
       accountName: 'limits',

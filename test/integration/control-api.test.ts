@@ -8,15 +8,15 @@ import { after, before, describe, it } from 'node:test';
 import { Registry } from 'prom-client';
 import { defaultAgentConfig, startAgent } from '../../src/agent/agent.ts';
 import { parseCredentialsFile } from '../../src/agent/credentials.ts';
-import { defaultEdgeConfig, type Edge, startEdge } from '../../src/edge/edge.ts';
+import { defaultEdgeConfig, type Edge } from '../../src/edge/edge.ts';
 import { systemClock } from '../../src/shared/clock.ts';
 import { silentLogger } from '../../src/shared/log.ts';
-import { openMemoryEventLog } from '../../src/store/memory-event-log.ts';
 import { request } from '../support/http.ts';
 import { startTestOrigin, type TestOrigin } from '../support/origin.ts';
+import { startTestEdge } from '../support/stack.ts';
 import { waitFor } from '../support/wait.ts';
 
-const ANY_PORT = { host: '127.0.0.1', port: 0 };
+const _ANY_PORT = { host: '127.0.0.1', port: 0 };
 
 interface Answer {
   status: number;
@@ -47,22 +47,7 @@ describe('control API', () => {
 
   before(async () => {
     origin = await startTestOrigin();
-    edge = await startEdge(
-      {
-        clock: systemClock,
-        log: silentLogger,
-        registry: new Registry(),
-        eventLog: openMemoryEventLog({ clock: systemClock }),
-      },
-      {
-        ...defaultEdgeConfig,
-        visitor: ANY_PORT,
-        tunnel: ANY_PORT,
-        api: ANY_PORT,
-        dns: null,
-        drainTimeoutMs: 2000,
-      },
-    );
+    edge = await startTestEdge();
     const created = await edge.controlPlane.initialize({
       accountName: 'ops',
       zone: 'warren.localhost',

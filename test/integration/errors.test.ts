@@ -12,36 +12,20 @@ import { after, before, describe, it } from 'node:test';
 import { Registry } from 'prom-client';
 import { defaultAgentConfig, startAgent } from '../../src/agent/agent.ts';
 import { requestQuickTunnel } from '../../src/agent/quick-tunnel.ts';
-import { defaultEdgeConfig, type Edge, startEdge } from '../../src/edge/edge.ts';
+import type { Edge } from '../../src/edge/edge.ts';
 import { systemClock } from '../../src/shared/clock.ts';
 import { isWarrenError } from '../../src/shared/errors.ts';
 import { silentLogger } from '../../src/shared/log.ts';
-import { openMemoryEventLog } from '../../src/store/memory-event-log.ts';
 import { request } from '../support/http.ts';
 import { startTestOrigin, type TestOrigin } from '../support/origin.ts';
 import { killAll, spawnTunnel } from '../support/processes.ts';
-import { type Stack, startStack } from '../support/stack.ts';
+import { type Stack, startStack, startTestEdge } from '../support/stack.ts';
 import { withDeadline } from '../support/wait.ts';
 
-const ANY_PORT = { host: '127.0.0.1', port: 0 };
+const _ANY_PORT = { host: '127.0.0.1', port: 0 };
 
 function startBareEdge(): Promise<Edge> {
-  return startEdge(
-    {
-      clock: systemClock,
-      log: silentLogger,
-      registry: new Registry(),
-      eventLog: openMemoryEventLog({ clock: systemClock }),
-    },
-    {
-      ...defaultEdgeConfig,
-      visitor: ANY_PORT,
-      tunnel: ANY_PORT,
-      api: ANY_PORT,
-      dns: null,
-      drainTimeoutMs: 2000,
-    },
-  );
+  return startTestEdge();
 }
 
 /** A loopback port that nothing listens on (bound, then closed). */

@@ -47,6 +47,26 @@ export interface Stack {
 
 const ANY_PORT = { host: '127.0.0.1', port: 0 };
 
+/**
+ * An edge in this process on an in-memory log, every listener on 127.0.0.1 port 0, no DNS server and a
+ * short drain (tests close their agents first; a failed test must not hang in close()).
+ */
+export function startTestEdge(config: Partial<EdgeConfig> = {}, log: Logger = silentLogger): Promise<Edge> {
+  const clock = systemClock;
+  return startEdge(
+    { clock, log, registry: new Registry(), eventLog: openMemoryEventLog({ clock }) },
+    {
+      ...defaultEdgeConfig,
+      visitor: ANY_PORT,
+      tunnel: ANY_PORT,
+      api: ANY_PORT,
+      dns: null,
+      drainTimeoutMs: 2000,
+      ...config,
+    },
+  );
+}
+
 export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const log = opts.log ?? silentLogger;
   const clock = systemClock;
@@ -58,20 +78,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   let edge: Edge | undefined;
   let agent: Agent | undefined;
   try {
-    edge = await startEdge(
-      { clock, log, registry: new Registry(), eventLog: openMemoryEventLog({ clock }) },
-      {
-        ...defaultEdgeConfig,
-        visitor: ANY_PORT,
-        tunnel: ANY_PORT,
-        api: ANY_PORT,
-        dns: ANY_PORT,
-        // Tests close the agent first; a short drain keeps a failed test from hanging in close().
-        drainTimeoutMs: 2000,
-        ...heartbeat,
-        ...opts.edge,
-      },
-    );
+    edge = await startTestEdge({ ...heartbeat, ...opts.edge }, log);
     const quick = await requestQuickTunnel(edge.apiUrl);
     agent = await startAgent(
       { clock, log, registry: new Registry() },

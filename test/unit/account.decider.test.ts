@@ -5,10 +5,10 @@ import {
   type AccountCommand,
   type AccountCreated,
   type AccountEvent,
-  type AccountState,
   type ApiTokenIssued,
   type ApiTokenRevoked,
   type ApiTokenRolled,
+  accountDecider,
   accountStream,
   decide,
   evolve,
@@ -16,8 +16,9 @@ import {
   type TunnelNameClaimed,
   type TunnelNameReleased,
 } from '../../src/events/account.ts';
-import { isWarrenError, WarrenError } from '../../src/shared/errors.ts';
+import { WarrenError } from '../../src/shared/errors.ts';
 import { decodeEnvelope, ENVELOPE_SCHEMA, encodeEnvelope } from '../../src/store/codec.ts';
+import { deciderSpec } from '../support/decider-spec.ts';
 
 const A = 'acc-1';
 const NOW = Date.UTC(2026, 0, 1);
@@ -108,28 +109,7 @@ const certificate = (tokenId: string): AccountCommand => ({
 /** An account with one member, alice, holding token tok-a. */
 const withAlice: AccountEvent[] = [accountCreated, issued('tok-a', 'alice')];
 
-function fold(events: readonly AccountEvent[]): AccountState {
-  return events.reduce(evolve, initialState());
-}
-
-/** given events / when command / then it emits events, or is refused with a code. */
-function given(events: AccountEvent[]) {
-  return {
-    when(command: AccountCommand) {
-      return {
-        emits(expected: AccountEvent[]) {
-          assert.deepEqual(decide(command, fold(events)), expected);
-        },
-        refused(code: string) {
-          assert.throws(
-            () => decide(command, fold(events)),
-            (err: unknown) => isWarrenError(err) && err.code === code,
-          );
-        },
-      };
-    },
-  };
-}
+const { fold, given } = deciderSpec(accountDecider);
 
 describe('account decider', () => {
   it('names the stream account-<id>', () => {

@@ -16,7 +16,6 @@ import {
   type TunnelCreated,
   type TunnelDeleted,
   type TunnelEvent,
-  type TunnelState,
   tunnelDecider,
   tunnelStream,
   type UnregisterConnection,
@@ -27,6 +26,7 @@ import { decodeEnvelope, ENVELOPE_SCHEMA, encodeEnvelope } from '../../src/store
 import { handleCommand } from '../../src/store/command-handler.ts';
 import type { EventLog } from '../../src/store/event-log.ts';
 import { openMemoryEventLog } from '../../src/store/memory-event-log.ts';
+import { deciderSpec } from '../support/decider-spec.ts';
 
 const T = 'b7e1c3a0-1111-4222-8333-444455556666';
 const NOW = Date.UTC(2026, 0, 1);
@@ -141,28 +141,7 @@ const fire = (dueAt: number, now: number): TunnelCommand => ({
   now,
 });
 
-function fold(events: readonly TunnelEvent[]): TunnelState {
-  return events.reduce(evolve, initialState());
-}
-
-/** given events / when command / then it emits events, or is refused with a code. */
-function given(events: TunnelEvent[]) {
-  return {
-    when(command: TunnelCommand) {
-      return {
-        emits(expected: TunnelEvent[]) {
-          assert.deepEqual(decide(command, fold(events)), expected);
-        },
-        refused(code: string) {
-          assert.throws(
-            () => decide(command, fold(events)),
-            (err: unknown) => isWarrenError(err) && err.code === code,
-          );
-        },
-      };
-    },
-  };
-}
+const { fold, given } = deciderSpec(tunnelDecider);
 
 describe('tunnel decider', () => {
   it('names the stream tunnel-<id>', () => {

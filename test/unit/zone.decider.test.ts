@@ -16,11 +16,12 @@ import {
   type ZoneAdded,
   type ZoneCommand,
   type ZoneEvent,
-  type ZoneState,
+  zoneDecider,
   zoneStream,
 } from '../../src/events/zone.ts';
 import { isWarrenError, WarrenError } from '../../src/shared/errors.ts';
 import { decodeEnvelope, ENVELOPE_SCHEMA, encodeEnvelope } from '../../src/store/codec.ts';
+import { deciderSpec } from '../support/decider-spec.ts';
 
 const Z = 'example.com';
 const OWNER = 'acc-1';
@@ -115,28 +116,7 @@ function remove(over: Partial<DeleteDnsRecords>): DeleteDnsRecords {
 const wwwManual = route('r-1', 'www.example.com', T1);
 const wwwAuto = route('r-1', 'www.example.com', T1, { origin: 'auto' });
 
-function fold(events: readonly ZoneEvent[]): ZoneState {
-  return events.reduce(evolve, initialState());
-}
-
-/** given events / when command / then it emits events, or is refused with a code. */
-function given(events: ZoneEvent[]) {
-  return {
-    when(command: ZoneCommand) {
-      return {
-        emits(expected: ZoneEvent[]) {
-          assert.deepEqual(decide(command, fold(events)), expected);
-        },
-        refused(code: string) {
-          assert.throws(
-            () => decide(command, fold(events)),
-            (err: unknown) => isWarrenError(err) && err.code === code,
-          );
-        },
-      };
-    },
-  };
-}
+const { fold, given } = deciderSpec(zoneDecider);
 
 describe('zone decider', () => {
   it('names the stream zone-<name>', () => {
