@@ -4,7 +4,8 @@
  * `{ error: { code, message } }`; lists are paginated with `page` / `per_page` and answer
  * `{ result: [...], result_info: { page, per_page, count, total_count } }`.
  */
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { isIP } from 'node:net';
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
 import type { TokenRole } from '../events/account.ts';
 import { AUDIT_ACTIONS, type AuditAction, type AuditEntry, type TunnelView } from '../events/directory.ts';
@@ -382,7 +383,6 @@ export async function createApiServer(c: ApiComponents, h: ApiHandlers): Promise
     if (type !== 'A' && type !== 'AAAA')
       throw new WarrenError('bad_request', 'type must be CNAME, A or AAAA');
     const content = str(req.body, 'content')!;
-    const { isIP } = await import('node:net');
     if (isIP(content) !== (type === 'A' ? 4 : 6)) {
       throw new WarrenError('bad_request', `content must be an IPv${type === 'A' ? 4 : 6} address`);
     }
@@ -424,10 +424,8 @@ export async function createApiServer(c: ApiComponents, h: ApiHandlers): Promise
   });
 
   // ---- login (browser flow) ----
-  h.loginSessions.routes(app, principalOf);
+  h.loginSessions.routes(app);
 
   await app.ready();
   return app;
 }
-
-export type { FastifyReply };

@@ -14,7 +14,13 @@ import { dnsJanitorMachine } from '../actors/dns-janitor.machine.ts';
 import { type AccountCommand, accountDecider, accountStream, type TokenRole } from '../events/account.ts';
 import type { Decider } from '../events/decider.ts';
 import { Directory, type TokenView, type TunnelView } from '../events/directory.ts';
-import { type TunnelCommand, tunnelDecider, tunnelStream, type UnregisterReason } from '../events/tunnel.ts';
+import {
+  type ConnectionRecord,
+  type TunnelCommand,
+  tunnelDecider,
+  tunnelStream,
+  type UnregisterReason,
+} from '../events/tunnel.ts';
 import {
   type DnsDeleteReason,
   type DnsRecordOrigin,
@@ -65,18 +71,6 @@ export interface NewAccount {
   tokenId: string;
   /** Shown once, never stored: only its hash is in the log. */
   token: string;
-}
-
-export interface ConnectionInfo {
-  tunnelId: string;
-  connectionId: string;
-  connIndex: number;
-  pop: string;
-  clientVersion: string;
-  clientOs: string;
-  clientArch: string;
-  originIp: string;
-  connectorId?: string;
 }
 
 const TOKEN_PREFIX = 'wrn_';
@@ -185,18 +179,11 @@ export class ControlPlane {
     // One command at a time per stream: this process is the only writer of its log, so queueing here
     // turns what would be optimistic-concurrency retries (and, under a burst, exhausted ones) into a
     // short wait. The expected version still guards the append.
-    const previous = this.#streamQueues.get(stream) ?? Promise.resolve();
-    const mine = previous
-      .catch(() => {})
-      .then(() => handleCommand(this.#c.eventLog, stream, decider, command, { actor }, { cache }));
-    this.#streamQueues.set(stream, mine);
-    try {
-      const events = await mine;
-      if (events.length > 0) await this.#caughtUp();
-      return events;
-    } finally {
-      if (this.#streamQueues.get(stream) === mine) this.#streamQueues.delete(stream);
-    }
+    const events = await inTurn(this.#streamQueues, stream, () =>
+      handleCommand(this.#c.eventLog, stream, decider, command, { actor }, { cache }),
+    );
+    if (events.length > 0) await this.#caughtUp();
+    return events;
   }
 
   #account(command: AccountCommand, actor: string) {
@@ -650,7 +637,7 @@ export class ControlPlane {
    * Records a registration. When it would make the tunnel active, the account's limit is checked
    * with registrations of the same account serialised, so concurrent ones cannot both take the last slot.
    */
-  async registerConnection(c: ConnectionInfo): Promise<void> {
+  async registerConnection(c: ConnectionRecord): Promise<void> {
     const t = this.directory.tunnels.get(c.tunnelId);
     const accountId = t?.accountId;
     const command = (): TunnelCommand => ({
@@ -670,14 +657,7 @@ export class ControlPlane {
       await this.#tunnel(command(), 'agent');
       return;
     }
-    const previous = this.#limitLocks.get(accountId) ?? Promise.resolve();
-    const mine = previous.catch(() => {}).then(() => this.#tunnel(command(), 'agent'));
-    this.#limitLocks.set(accountId, mine);
-    try {
-      await mine;
-    } finally {
-      if (this.#limitLocks.get(accountId) === mine) this.#limitLocks.delete(accountId);
-    }
+    await inTurn(this.#limitLocks, accountId, () => this.#tunnel(command(), 'agent'));
   }
 
   async unregisterConnection(
@@ -782,6 +762,24 @@ export class ControlPlane {
     this.#subscription?.unsubscribe();
     for (const w of this.#waiters) w.reject(new WarrenError('store_closed', 'the edge is shutting down'));
     this.#waiters.clear();
+  }
+}
+
+/**
+ * Runs `work` after every earlier one queued under `key` has settled (whatever its outcome), and
+ * forgets the key once the queue is empty, so the map holds only keys with work in flight.
+ */
+async function inTurn<T>(
+  queues: Map<string, Promise<unknown>>,
+  key: string,
+  work: () => Promise<T>,
+): Promise<T> {
+  const mine = (queues.get(key) ?? Promise.resolve()).catch(() => {}).then(work);
+  queues.set(key, mine);
+  try {
+    return await mine;
+  } finally {
+    if (queues.get(key) === mine) queues.delete(key);
   }
 }
 

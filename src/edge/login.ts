@@ -78,7 +78,7 @@ export class LoginSessions {
     return s;
   }
 
-  routes(app: FastifyInstance, _principalOf: (req: FastifyRequest) => Principal): void {
+  routes(app: FastifyInstance): void {
     const idOf = (req: FastifyRequest) => (req.params as { id: string }).id;
 
     app.post('/v1/login_sessions', async (req, reply) => {

@@ -5,7 +5,7 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
-import type { ConnectionRegistered, UnregisterReason } from '../events/tunnel.ts';
+import type { ConnectionRecord, UnregisterReason } from '../events/tunnel.ts';
 import { type Clock, clockTimeout } from '../shared/clock.ts';
 import { describeError, isWarrenError, WarrenError } from '../shared/errors.ts';
 import type { Logger } from '../shared/log.ts';
@@ -16,8 +16,6 @@ import { MuxSession } from '../transport/session.ts';
 import type { EdgeMetrics } from './metrics.ts';
 import type { RoutedConnection, RoutingTable } from './routing.ts';
 
-/** A connection as the log records it when it registers (the time is added by the decider). */
-export type ConnectionRecord = Omit<ConnectionRegistered['data'], 'registeredAt'>;
 export type { UnregisterReason };
 
 /** What the sessions need to know about tunnels, and where they report what happened. */

@@ -53,6 +53,9 @@ export interface ConnectionRegistered {
   };
 }
 
+/** What is known of a connection when it registers: `ConnectionRegistered` without its time. */
+export type ConnectionRecord = Omit<ConnectionRegistered['data'], 'registeredAt'>;
+
 export interface ConnectionUnregistered {
   type: 'ConnectionUnregistered';
   data: { tunnelId: string; connectionId: string; reason: UnregisterReason; unregisteredAt: number };

@@ -20,8 +20,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { pino } from 'pino';
-import { type ConnectionInfo, ControlPlane, type Principal } from '../../src/edge/control-plane.ts';
-import type { UnregisterReason } from '../../src/events/tunnel.ts';
+import { ControlPlane, type Principal } from '../../src/edge/control-plane.ts';
+import type { ConnectionRecord, UnregisterReason } from '../../src/events/tunnel.ts';
 import type { DnsRecordOrigin } from '../../src/events/zone.ts';
 import { ManualClock } from '../../src/shared/clock.ts';
 import { type ErrorCode, isWarrenError } from '../../src/shared/errors.ts';
@@ -90,7 +90,7 @@ class World {
     return t.tunnelId;
   }
 
-  connection(tunnelId: string, connectionId: string, pop: string): ConnectionInfo {
+  connection(tunnelId: string, connectionId: string, pop: string): ConnectionRecord {
     return {
       tunnelId,
       connectionId,

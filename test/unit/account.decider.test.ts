@@ -17,8 +17,7 @@ import {
   type TunnelNameReleased,
 } from '../../src/events/account.ts';
 import { WarrenError } from '../../src/shared/errors.ts';
-import { decodeEnvelope, ENVELOPE_SCHEMA, encodeEnvelope } from '../../src/store/codec.ts';
-import { deciderSpec } from '../support/decider-spec.ts';
+import { deciderSpec, throughStoredFormat } from '../support/decider-spec.ts';
 
 const A = 'acc-1';
 const NOW = Date.UTC(2026, 0, 1);
@@ -477,21 +476,7 @@ describe('account decider', () => {
         const members = Object.values(state.tokens).map((t) => t.member);
         assert.equal(new Set(members).size, members.length);
         for (const id of state.retiredTokens) assert.ok(!Object.hasOwn(state.tokens, id));
-        const roundTripped = log.map((e, i) => {
-          const stored = decodeEnvelope(
-            encodeEnvelope({
-              stream: accountStream(A),
-              version: i + 1,
-              position: i + 1,
-              recordedAt: 0,
-              schema: ENVELOPE_SCHEMA,
-              type: e.type,
-              data: e.data,
-              meta: {},
-            }),
-          );
-          return { type: stored.type, data: stored.data } as AccountEvent;
-        });
+        const roundTripped = throughStoredFormat(accountStream(A), log);
         assert.deepEqual(fold(roundTripped), state);
       }),
       { numRuns: 200 },

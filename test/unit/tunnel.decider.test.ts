@@ -22,11 +22,10 @@ import {
 } from '../../src/events/tunnel.ts';
 import { ManualClock } from '../../src/shared/clock.ts';
 import { isWarrenError, WarrenError } from '../../src/shared/errors.ts';
-import { decodeEnvelope, ENVELOPE_SCHEMA, encodeEnvelope } from '../../src/store/codec.ts';
 import { handleCommand } from '../../src/store/command-handler.ts';
 import type { EventLog } from '../../src/store/event-log.ts';
 import { openMemoryEventLog } from '../../src/store/memory-event-log.ts';
-import { deciderSpec } from '../support/decider-spec.ts';
+import { deciderSpec, throughStoredFormat } from '../support/decider-spec.ts';
 
 const T = 'b7e1c3a0-1111-4222-8333-444455556666';
 const NOW = Date.UTC(2026, 0, 1);
@@ -574,21 +573,7 @@ describe('tunnel decider', () => {
             state = evolve(state, e);
           }
         }
-        const roundTripped = log.map((e, i) => {
-          const stored = decodeEnvelope(
-            encodeEnvelope({
-              stream: tunnelStream(T),
-              version: i + 1,
-              position: i + 1,
-              recordedAt: 0,
-              schema: ENVELOPE_SCHEMA,
-              type: e.type,
-              data: e.data,
-              meta: {},
-            }),
-          );
-          return { type: stored.type, data: stored.data } as TunnelEvent;
-        });
+        const roundTripped = throughStoredFormat(tunnelStream(T), log);
         assert.deepEqual(fold(roundTripped), state);
       }),
       { numRuns: 200 },

@@ -20,8 +20,7 @@ import {
   zoneStream,
 } from '../../src/events/zone.ts';
 import { isWarrenError, WarrenError } from '../../src/shared/errors.ts';
-import { decodeEnvelope, ENVELOPE_SCHEMA, encodeEnvelope } from '../../src/store/codec.ts';
-import { deciderSpec } from '../support/decider-spec.ts';
+import { deciderSpec, throughStoredFormat } from '../support/decider-spec.ts';
 
 const Z = 'example.com';
 const OWNER = 'acc-1';
@@ -524,21 +523,7 @@ describe('zone decider', () => {
             }
           }
         }
-        const roundTripped = log.map((e, i) => {
-          const stored = decodeEnvelope(
-            encodeEnvelope({
-              stream: zoneStream(Z),
-              version: i + 1,
-              position: i + 1,
-              recordedAt: 0,
-              schema: ENVELOPE_SCHEMA,
-              type: e.type,
-              data: e.data,
-              meta: {},
-            }),
-          );
-          return { type: stored.type, data: stored.data } as ZoneEvent;
-        });
+        const roundTripped = throughStoredFormat(zoneStream(Z), log);
         assert.deepEqual(fold(roundTripped), state);
       }),
       { numRuns: 200 },
