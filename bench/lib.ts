@@ -6,6 +6,7 @@ import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -85,15 +86,16 @@ export function markStopping(): void {
   stopping = true;
 }
 
-/** Starts a Node process and waits for its stdout to match `ready`. */
+/** Starts a Node process and waits for its stdout to match `ready`. `env`: the whole environment (default: ours). */
 export async function startService(
   name: string,
   nodeArgs: string[],
   ready: RegExp,
   timeoutMs = 30_000,
+  env: NodeJS.ProcessEnv = process.env,
 ): Promise<{ service: Service; match: RegExpMatchArray }> {
   const child = track(
-    spawn(process.execPath, nodeArgs, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'], detached: true }),
+    spawn(process.execPath, nodeArgs, { cwd: ROOT, stdio: ['pipe', 'pipe', 'pipe'], detached: true, env }),
   );
   if (child.pid === undefined) throw new BenchError(`cannot start ${name}`);
   let out = '';
@@ -155,14 +157,20 @@ export interface RunResult {
   timedOut: boolean;
 }
 
-/** Runs a command (wrk, curl, apt-get) as a child and collects its output. */
-export function run(cmd: string, args: string[], timeoutMs: number, inherit = false): Promise<RunResult> {
+/** Runs a command (wrk, curl, apt-get) as a child and collects its output. `env`: default ours. */
+export function run(
+  cmd: string,
+  args: string[],
+  timeoutMs: number,
+  inherit = false,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = track(
       spawn(cmd, args, {
         detached: true,
         stdio: ['ignore', inherit ? 'inherit' : 'pipe', 'pipe'],
-        env: { ...process.env, LC_ALL: 'C' },
+        env: { ...env, LC_ALL: 'C' },
       }),
     );
     let stdout = '';
@@ -188,6 +196,16 @@ export function run(cmd: string, args: string[], timeoutMs: number, inherit = fa
       resolve({ code, stdout, stderr, timedOut });
     });
   });
+}
+
+/** A TCP port free on 127.0.0.1 right now (for listeners that must keep their port across restarts). */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
 }
 
 export function hasCommand(cmd: string): boolean {

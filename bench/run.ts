@@ -18,12 +18,17 @@
  * After those, the control-plane benchmarks of issue 3 (bench/control-plane.ts): edge start-up on a
  * log of 100k and 1M events, API and DNS throughput, and the edge's memory with 1000 registered tunnels.
  *
+ * Last, the resilience benchmarks (bench/resilience.ts): time from an edge restart to the agent serving
+ * again (20 restarts), failed requests during a rolling restart of two replicas under 500 req/s (3
+ * runs), and the edge's memory per idle tunnel connection (1000 and 2000).
+ *
  * Flags:
  *   --write            also write the figures and the machine to bench/RESULTS.md
  *   --duration S       seconds per wrk run (default 5)
- *   --only LIST        comma-separated subset of: tiny, download, upload, ws (data plane) and
- *                      replay, api, dns, tunnels1000 (control plane); only control-plane names: no
- *                      origin, tunnel or wrk is started
+ *   --only LIST        comma-separated subset of: tiny, download, upload, ws (data plane),
+ *                      replay, api, dns, tunnels1000 (control plane) and restart, rolling, idlemem
+ *                      (resilience); with no data-plane name, the data plane's origin, tunnel and
+ *                      wrk are not started
  *   --concurrency LIST tiny-GET concurrencies (default 1,16,64,256)
  *   --profile DIR      run edge and agent with --cpu-prof into DIR/edge and DIR/agent (control-plane
  *                      edges into DIR/replay-<events>, DIR/edge-api, DIR/edge-1000); summarise with
@@ -70,6 +75,14 @@ import {
   wrk,
   wsRoundTrips,
 } from './lib.ts';
+import {
+  printResilience,
+  RESILIENCE_SECTIONS,
+  type ResilienceSection,
+  resilienceSectionOf,
+  runResilience,
+  writeResilienceResults,
+} from './resilience.ts';
 
 const CONCURRENCIES = [1, 16, 64, 256] as const;
 const WORKLOADS = ['tiny', 'download', 'upload', 'ws'] as const;
@@ -92,7 +105,7 @@ function parseFlags(argv: string[]): Flags {
     write: false,
     durationS: 5,
     profileDir: undefined,
-    only: new Set([...WORKLOADS, ...CONTROL_PLANE_SECTIONS]),
+    only: new Set([...WORKLOADS, ...CONTROL_PLANE_SECTIONS, ...RESILIENCE_SECTIONS]),
     concurrencies: [...CONCURRENCIES],
   };
   for (let i = 0; i < argv.length; i++) {
@@ -110,7 +123,7 @@ function parseFlags(argv: string[]): Flags {
     } else if (a === '--profile') flags.profileDir = path.resolve(value());
     else if (a === '--only') {
       flags.only = new Set(value().split(','));
-      const known: readonly string[] = [...WORKLOADS, ...CONTROL_PLANE_SECTIONS];
+      const known: readonly string[] = [...WORKLOADS, ...CONTROL_PLANE_SECTIONS, ...RESILIENCE_SECTIONS];
       for (const w of flags.only)
         if (!known.includes(w))
           throw new BenchError(`--only: unknown workload ${w} (known: ${known.join(', ')})`);
@@ -369,6 +382,17 @@ async function main(): Promise<void> {
       process.stdout.write('wrote the control-plane section of bench/RESULTS.md\n');
     }
   }
+  const resilience = new Set(RESILIENCE_SECTIONS.filter((s) => flags.only.has(s)));
+  if (resilience.size > 0) {
+    const rStarted = new Date();
+    process.stdout.write(`\nbench: resilience (${[...resilience].join(', ')})\n`);
+    const results = await runResilience({ sections: resilience as Set<ResilienceSection> });
+    printResilience(results);
+    if (flags.write) {
+      writeResilienceResults(results, rStarted);
+      process.stdout.write('wrote the resilience section of bench/RESULTS.md\n');
+    }
+  }
 }
 
 async function runDataPlane(flags: Flags, started: Date): Promise<void> {
@@ -544,11 +568,15 @@ async function runDataPlane(flags: Flags, started: Date): Promise<void> {
     );
   if (flags.write) {
     const file = path.join(ROOT, 'bench/RESULTS.md');
-    // The control-plane section is written by its own benchmarks; keep it.
-    const controlPlane = fs.existsSync(file) ? controlPlaneSectionOf(fs.readFileSync(file, 'utf8')) : '';
+    // The resilience and control-plane sections are written by their own benchmarks; keep them.
+    const existing = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+    const controlPlane = controlPlaneSectionOf(existing);
+    const resilience = resilienceSectionOf(existing);
     fs.writeFileSync(
       file,
-      resultsMarkdown(results, flags, started, elapsedS) + (controlPlane ? `\n${controlPlane}` : ''),
+      resultsMarkdown(results, flags, started, elapsedS) +
+        (resilience ? `\n${resilience}` : '') +
+        (controlPlane ? `\n${controlPlane}` : ''),
     );
     process.stdout.write('wrote bench/RESULTS.md\n');
   }

@@ -10,11 +10,23 @@ export interface BackoffPolicy {
   capMs: number;
   /** A connection that stays up this long resets the consecutive-failure count. */
   healthyAfterMs: number;
+  /**
+   * Dials refused outright (TCP `ECONNREFUSED`: nothing listens, as while an edge restarts) that are
+   * retried within `baseMs` without raising the ceiling, in a row; past that, refusals back off like
+   * any other failure. A restarting edge is usually back within seconds, and escalating while it is
+   * down would make the agent wait up to `capMs` after it is up again. Default 20
+   * (`DEFAULT_FLAT_RETRY_LIMIT`), about 10 s of redials at the default base; 0 turns the rule off.
+   */
+  flatRetryLimit?: number;
 }
+
+export const DEFAULT_FLAT_RETRY_LIMIT = 20;
 
 /**
  * The agent's defaults (DESIGN §3 HA): first retry within 1 s, ceilings 1, 2, 4 … 32 s, and a
  * connection that has stayed up for 10 s counts as healthy, so the next loss starts again at 1 s.
+ * `flatRetryLimit` is left out, so it takes its default: up to 20 refused dials in a row are retried
+ * within 1 s each.
  */
 export const defaultBackoff: Readonly<BackoffPolicy> = Object.freeze({
   baseMs: 1000,

@@ -9,6 +9,13 @@
  * `SHUTDOWN` in `dialing`/`reconnecting` goes straight to `closed`; `SHUTDOWN now` anywhere aborts the
  * live connection, if any, and goes to `closed`. `closed` and `failed` are final.
  *
+ * Backoff: full jitter with a ceiling that doubles per consecutive failure (`backoff.ts`), except for a
+ * dial refused outright (an error flagged `refused`, see `connectionRefused`: nothing listens, as while
+ * an edge restarts). Up to `backoff.flatRetryLimit` of those in a row are retried within `baseMs` and do
+ * not raise the ceiling, so an agent finds a restarted edge within `baseMs` of it listening again
+ * instead of waiting out a ceiling that grew while it was down. Refusals still count towards
+ * `maxRetries`.
+ *
  * Effects live in three named actors that the agent provides with `machine.provide({ actors })`:
  * `connect`, `watch` and `drain`. The defaults here only fail with "not provided". All waiting goes
  * through XState's `after` with named delays, so the clock handed to `createActor(m, { clock })`
@@ -22,7 +29,7 @@ import type { EventObject, SnapshotFrom } from 'xstate';
 import { assign, fromCallback, fromPromise, setup } from 'xstate';
 import { WarrenError } from '../shared/errors.ts';
 import type { BackoffPolicy } from './backoff.ts';
-import { backoffDelayMs } from './backoff.ts';
+import { backoffDelayMs, DEFAULT_FLAT_RETRY_LIMIT } from './backoff.ts';
 
 /** A registered connection to the edge, as the `connect` actor hands it over. */
 export interface LiveConnection {
@@ -54,6 +61,11 @@ export interface ConnectInput {
   connIndex: number;
   /** Dials this machine finished (succeeded or failed) before this one; goes into `register`. */
   previousAttempts: number;
+  /**
+   * Consecutive failures before this dial (failed dials and lost connections; 0 again once a connection
+   * has been healthy). The agent rotates through its edge endpoints with it.
+   */
+  attempts: number;
 }
 
 /** Input of the `watch` actor. */
@@ -83,9 +95,17 @@ export interface ConnectionContext {
   readonly backoff: BackoffPolicy;
   readonly gracePeriodMs: number;
   readonly maxRetries: number;
+  readonly flatRetryLimit: number;
   readonly random: () => number;
   /** Consecutive failures (failed dials and connections lost); reset once a connection is healthy. */
   attempts: number;
+  /** Refused dials (`refused` errors) in a row; any other outcome of a dial resets it. */
+  refusedInRow: number;
+  /**
+   * Failures among `attempts` that were retried flat (refusals within `flatRetryLimit`): they do not
+   * raise the backoff ceiling, so the exponent is `attempts - 1 - flatRetries`.
+   */
+  flatRetries: number;
   /** Dials finished over this machine's whole life, never reset. */
   previousAttempts: number;
   /**
@@ -116,6 +136,22 @@ function toError(value: unknown): Error {
 /** Only an error that says it is retryable is retried: the boundary that made it knows best. */
 function isRetryable(err: Error): boolean {
   return (err as { retryable?: unknown }).retryable === true;
+}
+
+/** A dial error that says nothing listened at the edge (TCP connection refused); see `connectionRefused`. */
+export type RefusedError = WarrenError & { readonly refused: true };
+
+/**
+ * The error the `connect` actor rejects with when the edge's port refused the TCP connection: retryable
+ * `dial_failed`, flagged `refused` so that the machine retries it without escalating the backoff.
+ */
+export function connectionRefused(message: string, cause?: unknown): RefusedError {
+  const err = new WarrenError('dial_failed', message, { retryable: true, cause });
+  return Object.assign(err, { refused: true as const });
+}
+
+function isRefused(err: Error): boolean {
+  return (err as { refused?: unknown }).refused === true;
 }
 
 function retryAfterMs(err: Error | null): number {
@@ -155,7 +191,9 @@ export const connectionMachine = setup({
      * Dial TCP, TLS 1.3 handshake, `hello`, `register`, `registered`. Rejects with a WarrenError whose
      * `retryable` (and `retryAfterMs`) decide what happens next. When its `signal` aborts it must give up
      * and close anything it opened, even a connection that just registered: the machine has left
-     * `dialing` and will never see it.
+     * `dialing` and will never see it. That holds after it has resolved too: if the machine leaves
+     * `dialing` before it has taken the result, the signal aborts and XState drops the result; once the
+     * machine has taken it, the signal never aborts.
      */
     connect: fromPromise<LiveConnection, ConnectInput>(async () => {
       throw notProvided('connect');
@@ -186,12 +224,19 @@ export const connectionMachine = setup({
       connection: params.connection,
       previousAttempts: context.previousAttempts + 1,
       lastError: null,
+      refusedInRow: 0,
     })),
-    recordDialFailure: assign(({ context }, params: { error: Error }) => ({
-      attempts: context.attempts + 1,
-      previousAttempts: context.previousAttempts + 1,
-      lastError: params.error,
-    })),
+    recordDialFailure: assign(({ context }, params: { error: Error }) => {
+      const refusedInRow = isRefused(params.error) ? context.refusedInRow + 1 : 0;
+      const flat = refusedInRow > 0 && refusedInRow <= context.flatRetryLimit;
+      return {
+        attempts: context.attempts + 1,
+        previousAttempts: context.previousAttempts + 1,
+        lastError: params.error,
+        refusedInRow,
+        flatRetries: context.flatRetries + (flat ? 1 : 0),
+      };
+    }),
     /** A lost connection counts as a failure, so a connection that flaps keeps backing off. */
     recordLoss: assign(({ context }, params: { reason: Error; failure: boolean }) => ({
       connection: null,
@@ -199,14 +244,22 @@ export const connectionMachine = setup({
       attempts: context.attempts + (params.failure ? 1 : 0),
     })),
     forgetConnection: assign({ connection: null }),
-    resetAttempts: assign({ attempts: 0 }),
-    /** Full-jitter backoff, but never sooner than the edge asked for with `retryAfterMs`. */
-    planRetry: assign(({ context }) => ({
-      retryDelayMs: Math.max(
-        backoffDelayMs(context.attempts - 1, context.backoff, context.random),
-        retryAfterMs(context.lastError),
-      ),
-    })),
+    resetAttempts: assign({ attempts: 0, flatRetries: 0 }),
+    /**
+     * Full-jitter backoff, but never sooner than the edge asked for with `retryAfterMs`. A flat retry
+     * (a refusal within the limit) draws under `baseMs`; any other failure under a ceiling raised only
+     * by the failures before it that were not flat.
+     */
+    planRetry: assign(({ context }) => {
+      const flat = context.refusedInRow > 0 && context.refusedInRow <= context.flatRetryLimit;
+      const step = flat ? 0 : context.attempts - 1 - context.flatRetries;
+      return {
+        retryDelayMs: Math.max(
+          backoffDelayMs(step, context.backoff, context.random),
+          retryAfterMs(context.lastError),
+        ),
+      };
+    }),
     giveUp: assign(({ context }) => ({
       error: context.lastError ?? new WarrenError('dial_failed', 'connection failed'),
     })),
@@ -230,8 +283,11 @@ export const connectionMachine = setup({
     backoff: input.backoff,
     gracePeriodMs: input.gracePeriodMs,
     maxRetries: input.maxRetries ?? Number.POSITIVE_INFINITY,
+    flatRetryLimit: input.backoff.flatRetryLimit ?? DEFAULT_FLAT_RETRY_LIMIT,
     random: input.random ?? Math.random,
     attempts: 0,
+    refusedInRow: 0,
+    flatRetries: 0,
     previousAttempts: 0,
     lastError: null,
     connection: null,
@@ -254,6 +310,7 @@ export const connectionMachine = setup({
         input: ({ context }) => ({
           connIndex: context.connIndex,
           previousAttempts: context.previousAttempts,
+          attempts: context.attempts,
         }),
         onDone: {
           target: 'connected',

@@ -1,10 +1,15 @@
 /**
  * One agent connection to the edge, as the connection machine's actors use it: dial TLS, wait for
  * `hello`, `register` with the HMAC proof, then serve the streams the edge opens. Remote error
- * answers become typed `WarrenError`s here, once.
+ * answers become typed `WarrenError`s here, once; so does a refused TCP connect (flagged `refused`,
+ * which the machine retries without escalating). Also where the edge endpoints come from when the
+ * agent discovers them (the edge's SRV record).
  */
+import { Resolver } from 'node:dns/promises';
+import net from 'node:net';
 import os from 'node:os';
 import { filter, firstValueFrom, mergeMap, type Subscription, take } from 'rxjs';
+import { connectionRefused } from '../actors/connection.machine.ts';
 import { type Clock, clockTimeout } from '../shared/clock.ts';
 import { type ErrorCode, WarrenError } from '../shared/errors.ts';
 import type { Logger } from '../shared/log.ts';
@@ -14,11 +19,29 @@ import { MuxSession } from '../transport/session.ts';
 import { dialEdge } from '../transport/tls.ts';
 import type { OriginProxy } from './origin-proxy.ts';
 
+/** One address of the edge's tunnel listener. */
+export interface EdgeEndpoint {
+  host: string;
+  port: number;
+  /** SNI, and the name the edge certificate must carry. */
+  serverName: string;
+}
+
 export interface TunnelCredentials {
   tunnelId: string;
   secret: Buffer;
-  edge: { host: string; port: number; serverName: string };
+  /** The endpoint the credentials name; the agent's default when it is given no list. */
+  edge: EdgeEndpoint;
   edgeCaPem: string;
+}
+
+/** What one dial needs to know about itself. */
+export interface ConnectAttempt {
+  connIndex: number;
+  previousAttempts: number;
+  /** Where to dial; default `credentials.edge`. */
+  endpoint?: EdgeEndpoint;
+  signal: AbortSignal;
 }
 
 export interface TunnelConnectionDeps {
@@ -66,7 +89,7 @@ export function agentClientInfo(id: string, version: string): ClientInfo {
 
 export async function connectTunnel(
   deps: TunnelConnectionDeps,
-  attempt: { connIndex: number; previousAttempts: number; signal: AbortSignal },
+  attempt: ConnectAttempt,
 ): Promise<AgentConnection> {
   const deadline = clockTimeout(deps.clock, deps.handshakeTimeoutMs);
   try {
@@ -78,18 +101,25 @@ export async function connectTunnel(
 
 async function connectWithin(
   deps: TunnelConnectionDeps,
-  attempt: { connIndex: number; previousAttempts: number; signal: AbortSignal },
+  attempt: ConnectAttempt,
   deadline: AbortSignal,
 ): Promise<AgentConnection> {
   const { clock, log, credentials } = deps;
+  const endpoint = attempt.endpoint ?? credentials.edge;
   const signal = AbortSignal.any([attempt.signal, deadline]);
   const socket = await dialEdge({
-    host: credentials.edge.host,
-    port: credentials.edge.port,
-    servername: credentials.edge.serverName,
+    host: endpoint.host,
+    port: endpoint.port,
+    servername: endpoint.serverName,
     caPem: credentials.edgeCaPem,
     timeoutMs: deps.handshakeTimeoutMs,
     signal,
+  }).catch((err: unknown) => {
+    // Nothing listens there (an edge restarting, most likely): the machine retries this one quickly.
+    if ((err as { cause?: NodeJS.ErrnoException }).cause?.code === 'ECONNREFUSED') {
+      throw connectionRefused((err as Error).message, (err as Error).cause);
+    }
+    throw err;
   });
   const session = new MuxSession(
     socket,
@@ -130,6 +160,12 @@ async function connectWithin(
       );
     }
     const answer = next(['registered', 'error']);
+    // Serve streams from before `register` goes out: the edge may open one right behind `registered`,
+    // in the same read, before the code after `await answer` runs; `streams$` does not replay.
+    const subscription: Subscription = session.streams$
+      .pipe(mergeMap((stream) => deps.proxy.handle(stream), deps.maxConcurrentStreams))
+      .subscribe();
+    void session.closed.then(() => subscription.unsubscribe());
     session.sendControl({
       type: 'register',
       id: 1,
@@ -155,16 +191,13 @@ async function connectWithin(
     signal.removeEventListener('abort', onAbort);
     // The caller may have given up at the very moment the answer came: do not hand over a connection nobody holds.
     if (signal.aborted) throw new WarrenError('dial_failed', 'dial aborted', { retryable: true });
-    const subscription: Subscription = session.streams$
-      .pipe(mergeMap((stream) => deps.proxy.handle(stream), deps.maxConcurrentStreams))
-      .subscribe();
-    void session.closed.then(() => subscription.unsubscribe());
     log.info(
       {
         tunnelId: credentials.tunnelId,
         connIndex: attempt.connIndex,
         connectionId: reply.connectionId,
         pop: reply.pop,
+        edge: `${endpoint.host}:${endpoint.port}`,
       },
       'tunnel connection registered',
     );
@@ -230,20 +263,37 @@ export function watchConnection(
   };
 }
 
-/** Graceful end: stop new streams, let in-flight ones finish within the grace period, close. */
+/**
+ * Graceful end: `unregister`, then a PING round trip as a barrier, then GOAWAY, and in-flight streams
+ * finish; all within the grace period (or until `signal` aborts).
+ *
+ * The barrier is what makes the shutdown lose nothing. The edge may have opened streams on this
+ * connection before it read `unregister`; their HEADERS are on the wire, and a GOAWAY sent at once
+ * would make this side refuse them. The edge handles frames in order and queues HEADERS, CONTROL and
+ * PING ACK frames in one FIFO, so once the ACK for a PING sent after `unregister` arrives, every stream
+ * the edge opened before it retired the connection has arrived and is in flight here.
+ */
 export async function drainConnection(
   clock: Clock,
   connection: AgentConnection,
   gracePeriodMs: number,
+  signal?: AbortSignal,
 ): Promise<void> {
   const { session } = connection;
   if (session.state === 'closed') return;
+  const grace = clockTimeout(clock, gracePeriodMs);
+  const within = signal ? AbortSignal.any([signal, grace.signal]) : grace.signal;
   try {
-    session.sendControl({ type: 'unregister', gracePeriodMs });
-  } catch {
-    // closing already
+    try {
+      session.sendControl({ type: 'unregister', gracePeriodMs });
+      await session.roundTrip(within);
+    } catch {
+      // Closed or out of time already: the close below is then immediate.
+    }
+    await session.close({ signal: within, reason: 'agent shutting down' });
+  } finally {
+    grace.clear();
   }
-  await closeWithin(clock, session, gracePeriodMs, 'agent shutting down');
 }
 
 /** Graceful close that gives in-flight streams at most `ms`, then ends the session. */
@@ -254,4 +304,73 @@ async function closeWithin(clock: Clock, session: MuxSession, ms: number, reason
   } finally {
     timeout.clear();
   }
+}
+
+/** The SRV service the edge publishes its tunnel endpoints under (see src/edge/dns-server.ts). */
+export const EDGE_SRV_SERVICE = '_warren._tcp';
+
+export interface EdgeDiscoveryOptions {
+  /** SNI and certificate name for every endpoint found (the SRV record has no such field). */
+  serverName: string;
+  /**
+   * A DNS server to ask (`--dns-resolver`, e.g. the edge's own), for the SRV record and the targets'
+   * addresses. Default: the system's resolvers, and targets are left as names for the dial to resolve.
+   */
+  resolver?: { host: string; port: number };
+  /** Per query (default 5000 ms). */
+  timeoutMs?: number;
+}
+
+/**
+ * The edge's tunnel endpoints from its SRV record (DESIGN §3 HA). `name` is the edge domain
+ * (`warren-edge.example`, looked up as `_warren._tcp.warren-edge.example`) or a whole SRV name starting
+ * with `_`. Ordered by priority (lowest first), then weight (heaviest first), then as listed.
+ */
+export async function discoverEdgeEndpoints(
+  name: string,
+  opts: EdgeDiscoveryOptions,
+): Promise<EdgeEndpoint[]> {
+  const srvName = name.startsWith('_') ? name : `${EDGE_SRV_SERVICE}.${name}`;
+  const resolver = new Resolver({ timeout: opts.timeoutMs ?? 5000, tries: 2 });
+  if (opts.resolver) {
+    const { host, port } = opts.resolver;
+    resolver.setServers([net.isIPv6(host) ? `[${host}]:${port}` : `${host}:${port}`]);
+  }
+  let records: Awaited<ReturnType<Resolver['resolveSrv']>>;
+  try {
+    records = await resolver.resolveSrv(srvName);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    const missing = code === 'ENOTFOUND' || code === 'ENODATA';
+    throw new WarrenError(
+      missing ? 'bad_config' : 'dial_failed',
+      missing
+        ? `no SRV record at ${srvName}; check --edge-srv (the edge's domain) and --dns-resolver`
+        : `cannot look up ${srvName}: ${(err as Error).message}`,
+      { retryable: !missing, cause: err },
+    );
+  }
+  if (records.length === 0)
+    throw new WarrenError('bad_config', `the SRV record at ${srvName} lists no endpoint`);
+  const ordered = records
+    .map((r, i) => ({ ...r, i }))
+    .sort((a, b) => a.priority - b.priority || b.weight - a.weight || a.i - b.i);
+  return Promise.all(
+    ordered.map(async (r) => ({
+      // Names like `region1.<edge-domain>` exist only in the edge's own DNS: ask the same server.
+      host: opts.resolver ? await addressOf(resolver, r.name) : r.name,
+      port: r.port,
+      serverName: opts.serverName,
+    })),
+  );
+}
+
+/** The target's first IPv4 address, else its first IPv6 one, else the name itself. */
+async function addressOf(resolver: Resolver, target: string): Promise<string> {
+  if (net.isIP(target) !== 0) return target;
+  for (const lookup of [() => resolver.resolve4(target), () => resolver.resolve6(target)]) {
+    const found = await lookup().catch(() => [] as string[]);
+    if (found[0]) return found[0];
+  }
+  return target;
 }

@@ -42,6 +42,8 @@ interface EdgeOptions extends LogOptions {
   edgeDomain: string;
   accountTunnelLimit: number;
   dnsCleanupWindow: { minMs: number; maxMs: number };
+  visitorHold: number;
+  visitorHoldMax: number;
 }
 
 interface InitOptions extends LogOptions {
@@ -74,6 +76,12 @@ export async function runEdge(opts: EdgeOptions, log: Logger): Promise<Edge> {
     edgeDomain: opts.edgeDomain,
     accountTunnelLimit: opts.accountTunnelLimit,
     dnsCleanupWindowMs: opts.dnsCleanupWindow,
+    visitorHold: {
+      ...defaultEdgeConfig.visitorHold,
+      timeoutMs: opts.visitorHold,
+      maxTotal: opts.visitorHoldMax,
+      maxPerTunnel: Math.min(defaultEdgeConfig.visitorHold.maxPerTunnel, opts.visitorHoldMax),
+    },
   };
   if (!opts.memory) config.dataDir = opts.dataDir;
   // Loaded here, not at the top: an agent process never needs the edge's LevelDB, fastify or x509.
@@ -229,6 +237,25 @@ function edgeFlags(cmd: Command, defaults: { dataDir: string }): Command {
           .argParser((v) => parseDurationRange(v, '--dns-cleanup-window'))
           .default(defaultEdgeConfig.dnsCleanupWindowMs, '24h-48h'),
         'DNS_CLEANUP_WINDOW',
+      ),
+    )
+    .addOption(
+      env(
+        new Option(
+          '--visitor-hold <duration>',
+          'how long a request waits for a tunnel that just lost its connections to come back (0: answer 530 at once)',
+        )
+          .argParser(duration('--visitor-hold'))
+          .default(defaultEdgeConfig.visitorHold.timeoutMs, '5s'),
+        'VISITOR_HOLD',
+      ),
+    )
+    .addOption(
+      env(
+        new Option('--visitor-hold-max <n>', 'requests held at once across all tunnels; more get 530')
+          .argParser(count('--visitor-hold-max'))
+          .default(defaultEdgeConfig.visitorHold.maxTotal),
+        'VISITOR_HOLD_MAX',
       ),
     );
 }

@@ -13,7 +13,7 @@ import {
   parseCredentialsFile,
 } from '../agent/credentials.ts';
 import type { HelloWorldServer } from '../agent/hello-world.ts';
-import type { AgentConnection, TunnelCredentials } from '../agent/tunnel-connection.ts';
+import type { AgentConnection, EdgeEndpoint, TunnelCredentials } from '../agent/tunnel-connection.ts';
 import { describeError, WarrenError } from '../shared/errors.ts';
 import type { Logger } from '../shared/log.ts';
 import {
@@ -23,7 +23,7 @@ import {
   withAccount,
   withLoginAdvice,
 } from './account-context.ts';
-import { parseOriginUrl } from './args.ts';
+import { parseHostPort, parseOriginUrl } from './args.ts';
 import {
   box,
   count,
@@ -70,7 +70,44 @@ interface RunOptions extends AgentOptions, LogOptions {
   origincert?: string;
   edgeApi?: string;
   edgeCa?: string;
-  edge?: { host: string; port: number };
+  /** Every `--edge`, in order (`WARREN_EDGE` may list several, comma-separated). */
+  edge?: { host: string; port: number }[];
+  edgeSrv?: string;
+  dnsResolver?: { host: string; port: number };
+}
+
+/**
+ * `--edge` given more than once collects every value; one value (and `WARREN_EDGE`) may also list
+ * several, comma-separated.
+ */
+function collectEdges(value: string, previous: { host: string; port: number }[] | undefined) {
+  const parsed = value
+    .split(',')
+    .map((part) => part.trim())
+    .filter((part) => part.length > 0)
+    .map((part) => parseHostPort(part, '--edge'));
+  if (parsed.length === 0) throw new WarrenError('bad_config', `--edge: "${value}" names no host:port`);
+  return [...(previous ?? []), ...parsed];
+}
+
+/**
+ * The endpoints `tunnel run` dials: every `--edge`, else the ones the `--edge-srv` record lists, else
+ * none (the agent then dials the one in the credentials). Either way the credentials' server name is
+ * kept: it is the edge's certificate name, not an address.
+ */
+async function edgeEndpoints(
+  opts: RunOptions,
+  credentials: TunnelCredentials,
+): Promise<EdgeEndpoint[] | undefined> {
+  const { serverName } = credentials.edge;
+  if (opts.edge && opts.edge.length > 0)
+    return opts.edge.map(({ host, port }) => ({ host, port, serverName }));
+  if (!opts.edgeSrv) return undefined;
+  const { discoverEdgeEndpoints } = await import('../agent/tunnel-connection.ts');
+  return discoverEdgeEndpoints(opts.edgeSrv, {
+    serverName,
+    ...(opts.dnsResolver ? { resolver: opts.dnsResolver } : {}),
+  });
 }
 
 /** `tunnel run` keeps as many connections as the agent does by default; a quick tunnel one. */
@@ -87,6 +124,7 @@ async function launchAgent(
   log: Logger,
   credentials: TunnelCredentials,
   origin: URL,
+  edges?: EdgeEndpoint[],
 ): Promise<Agent> {
   const [{ startAgent, defaultAgentConfig }, { Registry }, { systemClock }] = await Promise.all([
     import('../agent/agent.ts'),
@@ -96,6 +134,7 @@ async function launchAgent(
   const config: AgentConfig = {
     ...defaultAgentConfig,
     credentials,
+    ...(edges ? { edges } : {}),
     origin: {
       originUrl: origin,
       connectTimeoutMs: opts.connectTimeout,
@@ -357,9 +396,27 @@ export function registerTunnelCommands(program: Command): Command {
       env(
         new Option(
           '--edge <host:port>',
-          "the edge's tunnel listener (default: the one in the credentials)",
-        ).argParser(hostPort('--edge')),
+          "the edge's tunnel listener; repeat it (or list them, comma-separated) for several (default: the one in the credentials)",
+        ).argParser(collectEdges),
         'EDGE',
+      ),
+    )
+    .addOption(
+      env(
+        new Option(
+          '--edge-srv <name>',
+          "find the edge's tunnel listeners in its SRV record: the edge's domain (looked up as _warren._tcp.<name>) or a whole SRV name",
+        ).conflicts('edge'),
+        'EDGE_SRV',
+      ),
+    )
+    .addOption(
+      env(
+        new Option(
+          '--dns-resolver <host:port>',
+          "the DNS server --edge-srv asks, e.g. the edge's own (default: the system resolvers)",
+        ).argParser(hostPort('--dns-resolver')),
+        'DNS_RESOLVER',
       ),
     );
   rejectParentFlags(runCmd);
@@ -370,7 +427,8 @@ export function registerTunnelCommands(program: Command): Command {
     }
     const creds = await resolveCredentials(ref, opts).catch(fail);
     if (opts.edgeCa) creds.edgeCaPem = await readFile(opts.edgeCa, 'utf8').catch(fail);
-    if (opts.edge) creds.edge = { ...creds.edge, host: opts.edge.host, port: opts.edge.port };
+    const edges = await edgeEndpoints(opts, creds).catch(fail);
+    if (edges) log.info({ edges: edges.map((e) => `${e.host}:${e.port}`) }, 'edge endpoints');
     const name = creds.tunnelName ? `${creds.tunnelName} (${creds.tunnelId})` : creds.tunnelId;
     if (opts.hostname) {
       const hostname = opts.hostname;
@@ -387,7 +445,7 @@ export function registerTunnelCommands(program: Command): Command {
       );
     }
     const { origin, hello } = await originOf(opts);
-    const agent = await launchAgent(opts, log, creds, origin).catch(fail);
+    const agent = await launchAgent(opts, log, creds, origin, edges).catch(fail);
     await serveUntilDone(agent, hello, (first) =>
       process.stdout.write(
         `Tunnel ${name} is connected to the edge (PoP ${first.pop}), serving ${origin.href}\n`,

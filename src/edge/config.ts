@@ -1,3 +1,5 @@
+import { defaultVisitorHold, type VisitorHoldSettings } from './visitor-hold.ts';
+
 /** The edge's settings and their defaults; kept apart so the CLI can read them without loading the edge. */
 
 export interface ListenAddress {
@@ -35,6 +37,8 @@ export interface EdgeConfig {
   dnsCleanupWindowMs: { minMs: number; maxMs: number };
   /** How long a `warren login` browser session waits for approval. */
   loginSessionTtlMs: number;
+  /** Requests for a tunnel that just lost its last connection wait this long for the next one. */
+  visitorHold: VisitorHoldSettings;
 }
 
 const HOUR_MS = 3_600_000;
@@ -58,4 +62,5 @@ export const defaultEdgeConfig: EdgeConfig = {
   accountTunnelLimit: 1000,
   dnsCleanupWindowMs: { minMs: 24 * HOUR_MS, maxMs: 48 * HOUR_MS },
   loginSessionTtlMs: 10 * 60_000,
+  visitorHold: { ...defaultVisitorHold },
 };

@@ -32,6 +32,7 @@ import { quickTunnelName } from './names.ts';
 import { loadOrCreateOriginCa } from './origin-ca.ts';
 import { RoutingTable } from './routing.ts';
 import { type TunnelAuthority, TunnelSessions } from './tunnel-sessions.ts';
+import { VisitorHold } from './visitor-hold.ts';
 import { createVisitorServer } from './visitor-proxy.ts';
 
 export { defaultEdgeConfig, type EdgeConfig, type ListenAddress } from './config.ts';
@@ -120,7 +121,34 @@ export async function startEdge(components: EdgeComponents, config: EdgeConfig):
     },
   );
   const { directory } = controlPlane;
-  const routing = new RoutingTable((hostname) => directory.tunnelForHost(hostname));
+  let hold: VisitorHold | undefined;
+  const routing = new RoutingTable((hostname) => directory.tunnelForHost(hostname), {
+    now: () => clock.now(),
+    onAdded: (conn) => hold?.connected(conn.tunnelId),
+    forgetAfterMs: Math.max(60_000, config.visitorHold.recentMs),
+  });
+  // When the tunnel was last served: by this edge since it started, or, before that, as the log
+  // remembers it (an edge restarting under its agents holds their visitors too).
+  const lastConnectedAt = (tunnelId: string): number | undefined => {
+    const t = directory.tunnels.get(tunnelId);
+    if (!t || t.deletedAt !== null) return undefined;
+    const here = routing.lastLiveAt(tunnelId);
+    const logged = t.connections.size > 0 ? clock.now() : (t.inactiveAt ?? undefined);
+    if (here === undefined) return logged;
+    return logged === undefined ? here : Math.max(here, logged);
+  };
+  hold = new VisitorHold(
+    {
+      clock,
+      lastConnectedAt,
+      onOutcome: (outcome, heldMs) => {
+        metrics.holds.inc({ outcome });
+        if (heldMs > 0) metrics.holdSeconds.observe(heldMs / 1000);
+      },
+      onHeldChange: (held) => metrics.heldRequests.set(held),
+    },
+    config.visitorHold,
+  );
 
   // A crash leaves connections the log thinks are live on this PoP; they are not, since this edge
   // just started.
@@ -160,7 +188,7 @@ export async function startEdge(components: EdgeComponents, config: EdgeConfig):
     { keyPem: edgeTls.serverKeyPem, certPem: edgeTls.serverCertPem, handshakeTimeoutMs: 10_000 },
     (socket) => sessions.accept(socket, socket.remoteAddress ?? ''),
   );
-  const visitorServer = createVisitorServer({ routing, log, metrics });
+  const visitorServer = createVisitorServer({ routing, hold, log, metrics });
 
   let visitorPort = 0;
   const visitorUrl = (hostname: string) => `http://${hostname}${visitorPort === 80 ? '' : `:${visitorPort}`}`;
@@ -272,9 +300,12 @@ export async function startEdge(components: EdgeComponents, config: EdgeConfig):
   const close = () => {
     closing ??= (async () => {
       log.info({ pop: config.pop }, 'edge stopping: draining tunnel connections');
+      // Take no new visitors or agents (a load balancer in front sends them to another edge), answer
+      // anything held, then let the requests in flight finish while agents move away.
       tunnelServer.close();
-      await sessions.stop({ deadlineMs: config.drainTimeoutMs });
       visitorServer.close();
+      hold.close();
+      await sessions.stop({ deadlineMs: config.drainTimeoutMs });
       visitorServer.closeAllConnections();
       await api.close();
       await dns?.close();

@@ -8,6 +8,9 @@ export class EdgeMetrics {
   readonly registrations: Counter<'result'>;
   readonly sessionsLost: Counter;
   readonly concurrentStreams: Gauge;
+  readonly heldRequests: Gauge;
+  readonly holds: Counter<'outcome'>;
+  readonly holdSeconds: Histogram;
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -42,6 +45,23 @@ export class EdgeMetrics {
     this.concurrentStreams = new Gauge({
       name: 'warren_edge_concurrent_streams',
       help: 'Visitor requests in flight through tunnels',
+      registers,
+    });
+    this.heldRequests = new Gauge({
+      name: 'warren_edge_held_requests',
+      help: 'Visitor requests waiting for their tunnel to reconnect (the visitor hold)',
+      registers,
+    });
+    this.holds = new Counter({
+      name: 'warren_edge_visitor_holds_total',
+      help: 'Visitor requests that found no live connection, by how the hold ended',
+      labelNames: ['outcome'],
+      registers,
+    });
+    this.holdSeconds = new Histogram({
+      name: 'warren_edge_visitor_hold_seconds',
+      help: 'How long held visitor requests waited',
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
       registers,
     });
   }

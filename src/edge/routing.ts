@@ -14,13 +14,31 @@ export interface RoutedConnection {
   session: MuxSession;
 }
 
+export interface RoutingTableOptions {
+  /** Epoch ms; marks when a tunnel's last connection went away. */
+  now: () => number;
+  /** Told after a connection is added, so requests held for its tunnel can go on. */
+  onAdded?: (conn: RoutedConnection) => void;
+  /** How long `lastLiveAt` remembers a tunnel that went away (default 60 s); keeps the map bounded. */
+  forgetAfterMs?: number;
+}
+
 export class RoutingTable {
   readonly #resolveHost: (hostname: string) => string | undefined;
+  readonly #options: RoutingTableOptions;
   readonly #connections = new Map<string, Map<string, RoutedConnection>>();
+  /** Tunnel id → when its last live connection went away, for the visitor hold. */
+  readonly #lastLiveAt = new Map<string, number>();
+  /** `#lastLiveAt` is swept when it grows past this; the sweep resets it to twice what survived. */
+  #sweepAt = 1024;
 
   /** `resolveHost` gets a lower-case hostname without port and returns the tunnel id serving it. */
-  constructor(resolveHost: (hostname: string) => string | undefined) {
+  constructor(
+    resolveHost: (hostname: string) => string | undefined,
+    options: RoutingTableOptions = { now: Date.now },
+  ) {
     this.#resolveHost = resolveHost;
+    this.#options = options;
   }
 
   tunnelForHost(hostname: string): string | undefined {
@@ -34,14 +52,35 @@ export class RoutingTable {
       this.#connections.set(conn.tunnelId, conns);
     }
     conns.set(conn.connectionId, conn);
+    this.#lastLiveAt.delete(conn.tunnelId);
+    this.#options.onAdded?.(conn);
   }
 
   /** Returns whether the connection was routable until now. */
   remove(tunnelId: string, connectionId: string): boolean {
     const conns = this.#connections.get(tunnelId);
     if (!conns?.delete(connectionId)) return false;
-    if (conns.size === 0) this.#connections.delete(tunnelId);
+    if (conns.size === 0) {
+      this.#connections.delete(tunnelId);
+      this.#lastLiveAt.set(tunnelId, this.#options.now());
+      if (this.#lastLiveAt.size > this.#sweepAt) this.#forgetOld();
+    }
     return true;
+  }
+
+  #forgetOld(): void {
+    const cutoff = this.#options.now() - (this.#options.forgetAfterMs ?? 60_000);
+    for (const [tunnelId, at] of this.#lastLiveAt) if (at < cutoff) this.#lastLiveAt.delete(tunnelId);
+    this.#sweepAt = Math.max(1024, this.#lastLiveAt.size * 2);
+  }
+
+  /**
+   * When the tunnel last had a live connection on this edge: now while it has one, the time its last
+   * one went away, or undefined when none has been seen since the edge started.
+   */
+  lastLiveAt(tunnelId: string): number | undefined {
+    if (this.#connections.has(tunnelId)) return this.#options.now();
+    return this.#lastLiveAt.get(tunnelId);
   }
 
   hasConnection(connectionId: string): boolean {

@@ -12,10 +12,13 @@ import type { RequestHead, ResponseHead, StreamKind } from '../transport/message
 import type { MuxStream } from '../transport/session.ts';
 import type { EdgeMetrics } from './metrics.ts';
 import { type ErrorPage, edgeErrorPage, noTunnelPage, originErrorPage } from './pages.ts';
-import type { RoutingTable } from './routing.ts';
+import type { RoutedConnection, RoutingTable } from './routing.ts';
+import type { VisitorHold } from './visitor-hold.ts';
 
 export interface VisitorProxyComponents {
   routing: RoutingTable;
+  /** Where requests for a tunnel that just lost its last connection wait for the next one. */
+  hold: VisitorHold;
   log: Logger;
   metrics: EdgeMetrics;
 }
@@ -101,6 +104,29 @@ function errorCodeOf(head: ResponseHead): string {
   return /^[a-z0-9_]{1,64}$/.test(code) ? code : 'origin_error';
 }
 
+/** Methods a proxy may repeat on its own (RFC 9110 §9.2.2): doing them twice is doing them once. */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+/**
+ * Whether a request whose stream failed before the response head may be sent again, on another
+ * connection. Only without a body (there is nothing to replay), and only when the origin cannot have
+ * acted on it twice: the agent refused the stream (REFUSED_STREAM — it never reached the origin, e.g.
+ * it crossed the agent's GOAWAY), or the connection died under it and the method is idempotent.
+ */
+function canRetry(
+  req: http.IncomingMessage,
+  err: Error & { code?: string; retryable?: boolean },
+  withBody: boolean,
+): boolean {
+  if (withBody || err.retryable !== true) return false;
+  return err.code === 'stream_reset' || IDEMPOTENT.has(req.method ?? '');
+}
+
+/** A request waits for a connection at most this many times (a connection that comes and goes again). */
+const MAX_HOLDS = 3;
+/** A request refused by the agent before it reached the origin is tried on this many more connections. */
+const MAX_RETRIES = 3;
+
 export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProxyInit = {}): http.Server {
   const server = http.createServer({
     maxHeaderSize: init.maxHeaderBytes ?? 64 * 1024,
@@ -125,23 +151,83 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
     res.end(body);
   };
 
+  /**
+   * Calls `then` with a live connection of the tunnel: at once when there is one (the common path stays
+   * synchronous), else after the visitor hold, or with undefined when none came.
+   */
+  const withConnection = (
+    tunnelId: string,
+    visitorGone: AbortSignal,
+    then: (conn: RoutedConnection | undefined) => void,
+    holdsLeft = MAX_HOLDS,
+  ): void => {
+    const conn = c.routing.pick(tunnelId);
+    if (conn || holdsLeft === 0) return then(conn);
+    void c.hold.wait(tunnelId, visitorGone).then((outcome) => {
+      if (outcome === 'cancelled') return;
+      if (outcome !== 'connected') return then(undefined);
+      withConnection(tunnelId, visitorGone, then, holdsLeft - 1);
+    });
+  };
+
   server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const host = hostnameOf(req.headers.host);
     const tunnelId = c.routing.tunnelForHost(host);
-    const conn = tunnelId === undefined ? undefined : c.routing.pick(tunnelId);
-    if (!conn) {
+    if (tunnelId === undefined) {
       req.resume();
       return sendPage(res, noTunnelPage(host || '(none)'));
     }
     const withBody = hasRequestBody(req);
+    // Only made when the request has to wait: the common path allocates no controller.
+    let gone: AbortController | undefined;
+    const visitorGone = (): AbortSignal => {
+      if (!gone) {
+        const ac = new AbortController();
+        gone = ac;
+        res.once('close', () => ac.abort());
+      }
+      return gone.signal;
+    };
+    const conn = c.routing.pick(tunnelId);
+    if (conn) return forward(req, res, host, tunnelId, conn, withBody, 0, visitorGone);
+    withConnection(tunnelId, visitorGone(), (held) => {
+      if (!held) {
+        req.resume();
+        return sendPage(res, noTunnelPage(host || '(none)'));
+      }
+      forward(req, res, host, tunnelId, held, withBody, 0, visitorGone);
+    });
+  });
+
+  /**
+   * One try at a request on one connection. What fails before the response head is tried again on
+   * another connection (see `canRetry`), at most MAX_RETRIES times; anything else is a 502.
+   */
+  const forward = (
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    host: string,
+    tunnelId: string,
+    conn: RoutedConnection,
+    withBody: boolean,
+    retries: number,
+    visitorGone: () => AbortSignal,
+  ): void => {
     let stream: MuxStream;
     try {
       stream = conn.session.openStream(buildRequestHead(req, 'http', clientIpOf(req), 'http'), {
         endStream: !withBody,
       });
     } catch (err) {
-      req.resume();
       const code = (err as { code?: string }).code ?? 'tunnel_error';
+      if (code === 'session_closed' && retries < MAX_RETRIES) {
+        return withConnection(tunnelId, visitorGone(), (next) => {
+          if (next) return forward(req, res, host, tunnelId, next, withBody, retries + 1, visitorGone);
+          req.resume();
+          sendPage(res, noTunnelPage(host || '(none)'));
+        });
+      }
+      req.resume();
       const status = code === 'headers_too_large' ? 431 : 503;
       return sendPage(
         res,
@@ -160,6 +246,11 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
       req.pipe(stream);
       req.once('error', () => stream.reset());
     }
+    const onClose = () => {
+      settle();
+      // The visitor went away (or the response is done): make sure the stream does not linger.
+      if (!res.writableFinished || !stream.readableEnded) stream.destroy();
+    };
     stream.once('response', (head: ResponseHead) => {
       c.metrics.requestDuration.observe((performance.now() - startedAt) / 1000);
       if (head.error) {
@@ -185,35 +276,36 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
       }
       stream.pipe(res);
     });
-    stream.once('error', (err: Error & { code?: string }) => {
+    stream.once('error', (err: Error & { code?: string; retryable?: boolean }) => {
       settle();
-      if (!res.headersSent) {
-        c.log.debug({ tunnelId, code: err.code }, `tunnel stream failed before a response: ${err.message}`);
-        return sendPage(
-          res,
-          edgeErrorPage(
-            502,
-            'The tunnel dropped this request',
-            "The connection to the origin's agent broke; please try again.",
-            err.code ?? 'tunnel_error',
-          ),
-        );
+      if (res.headersSent) return res.destroy();
+      if (canRetry(req, err, withBody) && retries < MAX_RETRIES && !res.destroyed) {
+        res.off('close', onClose);
+        c.log.debug({ tunnelId, code: err.code }, 'tunnel stream refused; trying another connection');
+        return withConnection(tunnelId, visitorGone(), (next) => {
+          if (next) return forward(req, res, host, tunnelId, next, withBody, retries + 1, visitorGone);
+          sendPage(res, noTunnelPage(host || '(none)'));
+        });
       }
-      res.destroy();
+      c.log.debug({ tunnelId, code: err.code }, `tunnel stream failed before a response: ${err.message}`);
+      return sendPage(
+        res,
+        edgeErrorPage(
+          502,
+          'The tunnel dropped this request',
+          "The connection to the origin's agent broke; please try again.",
+          err.code ?? 'tunnel_error',
+        ),
+      );
     });
     stream.once('end', settle);
-    res.once('close', () => {
-      settle();
-      // The visitor went away (or the response is done): make sure the stream does not linger.
-      if (!res.writableFinished || !stream.readableEnded) stream.destroy();
-    });
-  });
+    res.once('close', onClose);
+  };
 
   server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
     socket.on('error', () => {});
     const host = hostnameOf(req.headers.host);
     const tunnelId = c.routing.tunnelForHost(host);
-    const conn = tunnelId === undefined ? undefined : c.routing.pick(tunnelId);
     const rawPage = (page: ErrorPage) => {
       c.metrics.requests.inc({ code: String(page.status) });
       socket.end(
@@ -221,7 +313,24 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
           `Content-Length: ${Buffer.byteLength(page.html)}\r\nWarren-Error: ${page.code}\r\nConnection: close\r\n\r\n${page.html}`,
       );
     };
-    if (!conn) return rawPage(noTunnelPage(host || '(none)'));
+    if (tunnelId === undefined) return rawPage(noTunnelPage(host || '(none)'));
+    const conn = c.routing.pick(tunnelId);
+    if (conn) return upgradeOn(req, socket, head, host, conn, rawPage);
+    const gone = new AbortController();
+    socket.once('close', () => gone.abort());
+    withConnection(tunnelId, gone.signal, (held) =>
+      held ? upgradeOn(req, socket, head, host, held, rawPage) : rawPage(noTunnelPage(host || '(none)')),
+    );
+  });
+
+  const upgradeOn = (
+    req: http.IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    host: string,
+    conn: RoutedConnection,
+    rawPage: (page: ErrorPage) => void,
+  ): void => {
     const kind: StreamKind =
       String(req.headers.upgrade).toLowerCase() === 'websocket' ? 'websocket' : 'upgrade';
     let stream: MuxStream;
@@ -249,7 +358,7 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
     });
     stream.once('error', () => socket.destroy());
     socket.once('close', () => stream.destroy());
-  });
+  };
 
   server.on('clientError', (_err, socket) => {
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');

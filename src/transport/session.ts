@@ -137,6 +137,11 @@ export class MuxSession {
   #heartbeat: TimerHandle | undefined;
   #pingSeq = 0;
   #pingSentAt = new Map<number, number>();
+  /** `roundTrip` callers by PING sequence number; each leaves on its ACK, its abort or the close. */
+  #pingWaiters = new Map<
+    number,
+    { sentAt: number; resolve(rttMs: number): void; reject(err: Error): void }
+  >();
   #rttMs = 1;
   #idleWaiters: Array<() => void> = [];
 
@@ -256,16 +261,57 @@ export class MuxSession {
 
   /** Sends a PING now (heartbeats do this on their own); the answer updates `rttMs`. */
   ping(): void {
+    this.#sendPing();
+  }
+
+  /**
+   * Sends a PING and resolves with its round-trip time in ms once the peer's ACK for it arrives.
+   * A barrier as well as a probe: the peer handles frames in the order it reads them and queues its
+   * HEADERS, CONTROL and PING ACK frames in one FIFO, so when the ACK arrives every such frame the peer
+   * queued before it read this PING has arrived and been handled here. Rejects with the error the
+   * session closed with (`session_closed` for a clean close) when it closes first, or with the signal's
+   * reason when `signal` aborts.
+   */
+  roundTrip(signal?: AbortSignal): Promise<number> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.#state === 'closed' || this.#socket.destroyed) {
+      return Promise.reject(new WarrenError('session_closed', 'session is closed', { retryable: true }));
+    }
+    return new Promise<number>((resolve, reject) => {
+      const sentAt = performance.now();
+      const seq = this.#sendPing();
+      const onAbort = () => {
+        this.#pingWaiters.delete(seq);
+        reject(signal?.reason);
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#pingWaiters.set(seq, {
+        sentAt,
+        resolve: (rttMs) => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(rttMs);
+        },
+        reject: (err) => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(err);
+        },
+      });
+    });
+  }
+
+  #sendPing(): number {
     const seq = ++this.#pingSeq >>> 0;
     const payload = Buffer.alloc(8);
     payload.writeUInt32BE(seq, 4);
     this.#pingSentAt.set(seq, performance.now());
-    // Bound the table: a peer that never answers must not grow it.
+    // Bound the table: a peer that never answers must not grow it. (`roundTrip` keeps its own waiters,
+    // so an eviction here never loses one; they leave on their ACK, their abort or the close.)
     if (this.#pingSentAt.size > 16) {
       const oldest = this.#pingSentAt.keys().next().value;
       if (oldest !== undefined) this.#pingSentAt.delete(oldest);
     }
     this.#queueControl(FrameType.PING, 0, 0, payload);
+    return seq;
   }
 
   // ---------------------------------------------------------------- closing
@@ -283,6 +329,12 @@ export class MuxSession {
       );
     }
     await this.waitIdle(opts.signal);
+    // The last streams' final frames (a bodiless response's HEADERS, say) may still be queued for the
+    // next flush, and the writer writes nothing once the socket has ended: send them before the FIN.
+    if (!this.#socket.destroyed && !this.#socket.writableEnded) {
+      this.#waitingDrain = false;
+      this.#flush();
+    }
     this.#endSocket();
     await this.#closed;
   }
@@ -349,6 +401,9 @@ export class MuxSession {
     this.#ready.clear();
     this.#control = [];
     for (const w of this.#idleWaiters.splice(0)) w();
+    const waiters = [...this.#pingWaiters.values()];
+    this.#pingWaiters.clear();
+    for (const w of waiters) w.reject(err);
     this.#incoming.complete();
     this.#controlMessages.complete();
     this.#stateSubject.complete();
@@ -533,6 +588,11 @@ export class MuxSession {
       return;
     }
     const seq = frame.payload.readUInt32BE(4);
+    const waiter = this.#pingWaiters.get(seq);
+    if (waiter) {
+      this.#pingWaiters.delete(seq);
+      waiter.resolve(performance.now() - waiter.sentAt);
+    }
     const sentAt = this.#pingSentAt.get(seq);
     if (sentAt === undefined) return;
     this.#pingSentAt.delete(seq);

@@ -20,8 +20,11 @@ import {
 } from '../support/processes.ts';
 import { waitFor, withDeadline } from '../support/wait.ts';
 
-/** Edge heartbeats for these tests: a silent agent is dead after 3 × 200 ms. */
-const HEARTBEAT_ARGS = ['--heartbeat-interval', '200ms', '--heartbeat-count', '3'];
+/**
+ * Edge heartbeats for these tests: a silent agent is dead after 3 × 200 ms. The visitor hold is off,
+ * so that a dropped agent shows at once as 530 (test/integration/visitor-hold.test.ts covers the hold).
+ */
+const HEARTBEAT_ARGS = ['--heartbeat-interval', '200ms', '--heartbeat-count', '3', '--visitor-hold', '0'];
 /** What "within the heartbeat timeout" may take on a loaded machine, detection and routing included. */
 const DROP_DEADLINE_MS = 4000;
 

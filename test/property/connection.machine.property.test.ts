@@ -18,7 +18,11 @@ import type {
   LiveConnection,
   WatchInput,
 } from '../../src/actors/connection.machine.ts';
-import { connectionMachine, connectionStatus } from '../../src/actors/connection.machine.ts';
+import {
+  connectionMachine,
+  connectionRefused,
+  connectionStatus,
+} from '../../src/actors/connection.machine.ts';
 import { ManualClock } from '../../src/shared/clock.ts';
 import { WarrenError } from '../../src/shared/errors.ts';
 
@@ -30,12 +34,20 @@ const STATUSES: readonly ConnectionStatus[] = [
   'closed',
   'failed',
 ];
-const policy: BackoffPolicy = { baseMs: 1000, capMs: 8000, healthyAfterMs: 10_000 };
+const FLAT_RETRY_LIMIT = 3;
+const policy: BackoffPolicy = {
+  baseMs: 1000,
+  capMs: 8000,
+  healthyAfterMs: 10_000,
+  flatRetryLimit: FLAT_RETRY_LIMIT,
+};
 const gracePeriodMs = 5000;
 
 type Command =
   | { kind: 'connectOk' }
   | { kind: 'connectFail'; retryAfterMs: number | undefined }
+  /** Nothing listens (TCP refused): retried within baseMs, up to FLAT_RETRY_LIMIT in a row. */
+  | { kind: 'connectRefused' }
   | { kind: 'connectFatal' }
   | { kind: 'heartbeatLost'; viaWatcher: boolean }
   | { kind: 'socketClosed'; viaWatcher: boolean; retryAfterMs: number | undefined }
@@ -51,6 +63,7 @@ const commandArb: fc.Arbitrary<Command> = fc.oneof(
     weight: 4,
     arbitrary: retryAfterArb.map((retryAfterMs): Command => ({ kind: 'connectFail', retryAfterMs })),
   },
+  { weight: 3, arbitrary: fc.constant<Command>({ kind: 'connectRefused' }) },
   { weight: 1, arbitrary: fc.constant<Command>({ kind: 'connectFatal' }) },
   {
     weight: 2,
@@ -194,6 +207,8 @@ function mulberry32(seed: number): () => number {
 interface Model {
   status: ConnectionStatus;
   attempts: number;
+  refusedInRow: number;
+  flatRetries: number;
   /** Planned retry delay while reconnecting. */
   retryDelayMs: number;
   /** Clock times of the one pending timer of the current state, if any. */
@@ -232,6 +247,8 @@ describe('connection machine (model-based)', () => {
           const model: Model = {
             status: 'dialing',
             attempts: 0,
+            refusedInRow: 0,
+            flatRetries: 0,
             retryDelayMs: 0,
             retryAt: null,
             healthyAt: null,
@@ -244,10 +261,9 @@ describe('connection machine (model-based)', () => {
             model.healthyAt = null;
             model.graceAt = null;
             if (status === 'reconnecting') {
-              model.retryDelayMs = Math.max(
-                backoffDelayMs(model.attempts - 1, policy, replica),
-                retryAfterMs,
-              );
+              const flat = model.refusedInRow > 0 && model.refusedInRow <= FLAT_RETRY_LIMIT;
+              const step = flat ? 0 : model.attempts - 1 - model.flatRetries;
+              model.retryDelayMs = Math.max(backoffDelayMs(step, policy, replica), retryAfterMs);
               model.retryAt = clock.now() + model.retryDelayMs;
             } else if (status === 'connected') {
               model.healthyAt = clock.now() + policy.healthyAfterMs;
@@ -277,6 +293,7 @@ describe('connection machine (model-based)', () => {
                 const dial = edge.pendingDials()[0];
                 if (dial) {
                   dial.resolve();
+                  model.refusedInRow = 0;
                   enter('connected');
                 }
                 break;
@@ -290,11 +307,29 @@ describe('connection machine (model-based)', () => {
                   });
                   dial.reject(err);
                   model.attempts++;
+                  model.refusedInRow = 0;
                   if (model.attempts > (maxRetries ?? Number.POSITIVE_INFINITY)) {
                     model.error = err; // retries used up: the last error is the answer
                     enter('failed');
                   } else {
                     enter('reconnecting', cmd.retryAfterMs ?? 0);
+                  }
+                }
+                break;
+              }
+              case 'connectRefused': {
+                const dial = edge.pendingDials()[0];
+                if (dial) {
+                  const err = connectionRefused('connect ECONNREFUSED');
+                  dial.reject(err);
+                  model.attempts++;
+                  model.refusedInRow++;
+                  if (model.refusedInRow <= FLAT_RETRY_LIMIT) model.flatRetries++;
+                  if (model.attempts > (maxRetries ?? Number.POSITIVE_INFINITY)) {
+                    model.error = err;
+                    enter('failed');
+                  } else {
+                    enter('reconnecting');
                   }
                 }
                 break;
@@ -305,6 +340,7 @@ describe('connection machine (model-based)', () => {
                   const err = new WarrenError('tunnel_deleted', 'gone');
                   dial.reject(err);
                   model.attempts++;
+                  model.refusedInRow = 0;
                   model.error = err;
                   enter('failed');
                 }
@@ -344,6 +380,7 @@ describe('connection machine (model-based)', () => {
                 clock.advance(cmd.ms);
                 if (model.healthyAt !== null && model.healthyAt <= target) {
                   model.attempts = 0;
+                  model.flatRetries = 0;
                   model.healthyAt = null;
                 } else if (model.retryAt !== null && model.retryAt <= target) {
                   enter('dialing');
@@ -374,6 +411,8 @@ describe('connection machine (model-based)', () => {
             assert.ok(STATUSES.includes(status), `unknown status ${status}`);
             assert.equal(status, model.status, where);
             assert.equal(snapshot.context.attempts, model.attempts, `attempts ${where}`);
+            assert.equal(snapshot.context.refusedInRow, model.refusedInRow, `refusedInRow ${where}`);
+            assert.equal(snapshot.context.flatRetries, model.flatRetries, `flatRetries ${where}`);
 
             // Never more than one live connection, and exactly one where the status says so.
             assert.ok(edge.resolutions - edge.ends <= 1, `${edge.resolutions - edge.ends} live ${where}`);

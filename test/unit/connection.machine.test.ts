@@ -11,7 +11,11 @@ import type {
   LiveConnection,
   WatchInput,
 } from '../../src/actors/connection.machine.ts';
-import { connectionMachine, connectionStatus } from '../../src/actors/connection.machine.ts';
+import {
+  connectionMachine,
+  connectionRefused,
+  connectionStatus,
+} from '../../src/actors/connection.machine.ts';
 import { ManualClock } from '../../src/shared/clock.ts';
 import { isWarrenError, WarrenError } from '../../src/shared/errors.ts';
 
@@ -179,14 +183,14 @@ const retryable = (message = 'edge unreachable', retryAfterMs?: number) =>
     ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
   });
 
-function start(opts: { random?: () => number; maxRetries?: number } = {}) {
+function start(opts: { random?: () => number; maxRetries?: number; backoff?: BackoffPolicy } = {}) {
   const clock = new ManualClock();
   const edge = new FakeEdge(clock);
   const actor = createActor(edge.machine(), {
     clock,
     input: {
       connIndex: 2,
-      backoff: policy,
+      backoff: opts.backoff ?? policy,
       gracePeriodMs,
       random: opts.random ?? (() => 0.9999),
       ...(opts.maxRetries === undefined ? {} : { maxRetries: opts.maxRetries }),
@@ -228,7 +232,7 @@ describe('connection machine', () => {
   it('dials at once, and is connected with a watched connection once connect resolves', async () => {
     const t = start();
     assert.equal(t.status(), 'dialing');
-    assert.deepEqual(t.edge.lastDial.input, { connIndex: 2, previousAttempts: 0 });
+    assert.deepEqual(t.edge.lastDial.input, { connIndex: 2, previousAttempts: 0, attempts: 0 });
 
     const conn = await t.succeedDial();
     assert.equal(t.status(), 'connected');
@@ -320,7 +324,7 @@ describe('connection machine', () => {
     assert.equal(t.edge.live.size, 0);
 
     t.waitOutBackoff();
-    assert.deepEqual(t.edge.lastDial.input, { connIndex: 2, previousAttempts: 1 });
+    assert.deepEqual(t.edge.lastDial.input, { connIndex: 2, previousAttempts: 1, attempts: 1 });
     const next = await t.succeedDial();
     assert.equal(t.context().connection, next);
     assert.equal(t.context().lastError, null, 'a successful dial clears the last error');
@@ -562,6 +566,20 @@ describe('connection machine', () => {
     t.actor.stop();
   });
 
+  it('tells connect how many failures came before the dial, for the agent to rotate endpoints', async () => {
+    const t = start();
+    await t.failDial(retryable());
+    t.waitOutBackoff();
+    await t.failDial(retryable());
+    t.waitOutBackoff();
+    assert.deepEqual(t.edge.lastDial.input, { connIndex: 2, previousAttempts: 2, attempts: 2 });
+    await t.succeedDial();
+    t.actor.send({ type: 'DRAIN' });
+    t.waitOutBackoff();
+    assert.equal(t.edge.lastDial.input.attempts, 2, 'being asked to move is no failure');
+    t.actor.stop();
+  });
+
   it('the default actors say they were not provided', async () => {
     const actor = createActor(connectionMachine, {
       clock: new ManualClock(),
@@ -572,5 +590,127 @@ describe('connection machine', () => {
     assert.equal(connectionStatus(actor.getSnapshot()), 'failed');
     const output = actor.getSnapshot().output;
     assert.ok(output?.status === 'failed' && /not provided/.test(output.error.message));
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+
+describe('connection machine: refused dials (an edge restarting)', () => {
+  const refused = () => connectionRefused('connect ECONNREFUSED 127.0.0.1:7844');
+  const limited = (flatRetryLimit: number): BackoffPolicy => ({ ...policy, flatRetryLimit });
+
+  it('marks a refused dial retryable dial_failed with the refused flag', () => {
+    const err = refused();
+    assert.ok(isWarrenError(err, 'dial_failed'));
+    assert.equal(err.retryable, true);
+    assert.equal(err.refused, true);
+  });
+
+  it('retries refusals within baseMs, without escalating, up to flatRetryLimit in a row', async () => {
+    const t = start({ random: () => 0.9999, backoff: limited(5) });
+    const delays: number[] = [];
+    for (let k = 0; k < 5; k++) {
+      await t.failDial(refused());
+      delays.push(t.waitOutBackoff());
+    }
+    assert.deepEqual(delays, [999, 999, 999, 999, 999]);
+    assert.equal(t.context().attempts, 5, 'refusals still count as failures');
+    assert.equal(t.context().flatRetries, 5);
+    t.actor.stop();
+  });
+
+  it('past the limit, refusals back off exponentially, starting again from baseMs', async () => {
+    const t = start({ random: () => 0.9999, backoff: limited(3) });
+    const delays: number[] = [];
+    for (let k = 0; k < 7; k++) {
+      await t.failDial(refused());
+      delays.push(t.waitOutBackoff());
+    }
+    assert.deepEqual(delays, [999, 999, 999, 999, 1999, 3999, 7999]);
+    t.actor.stop();
+  });
+
+  it('defaults to 20 flat retries', async () => {
+    const t = start({ random: () => 0.9999 });
+    const delays: number[] = [];
+    for (let k = 0; k < 22; k++) {
+      await t.failDial(refused());
+      delays.push(t.waitOutBackoff());
+    }
+    assert.deepEqual(delays, [...Array.from({ length: 21 }, () => 999), 1999]);
+    t.actor.stop();
+  });
+
+  it('a different failure breaks the run: it escalates only by the failures that were not flat', async () => {
+    const t = start({ random: () => 0.9999, backoff: limited(3) });
+    await t.failDial(retryable());
+    assert.equal(t.waitOutBackoff(), 999);
+    await t.failDial(refused());
+    assert.equal(t.waitOutBackoff(), 999);
+    await t.failDial(refused());
+    assert.equal(t.waitOutBackoff(), 999);
+    await t.failDial(retryable());
+    assert.equal(t.waitOutBackoff(), 1999, 'the second escalating failure of the run');
+    assert.equal(t.context().refusedInRow, 0);
+    await t.failDial(refused());
+    assert.equal(t.waitOutBackoff(), 999, 'a new run of refusals is flat again');
+    t.actor.stop();
+  });
+
+  it('an edge restart: the lost connection and the refused redials all wait under baseMs', async () => {
+    const t = start({ random: () => 0.9999 });
+    await t.succeedDial();
+    t.clock.advance(policy.healthyAfterMs);
+    t.actor.send({ type: 'SOCKET_CLOSED' });
+    const waits = [t.waitOutBackoff()];
+    for (let k = 0; k < 10; k++) {
+      await t.failDial(refused());
+      waits.push(t.waitOutBackoff());
+    }
+    // The edge listens again: the next dial comes within baseMs of the last refusal, whatever the count.
+    assert.ok(
+      waits.every((w) => w < policy.baseMs),
+      `waits ${waits}`,
+    );
+    await t.succeedDial();
+    assert.equal(t.status(), 'connected');
+    assert.equal(t.context().refusedInRow, 0);
+    t.actor.stop();
+  });
+
+  it('refusals count towards maxRetries', async () => {
+    const t = start({ maxRetries: 2 });
+    await t.failDial(refused());
+    t.waitOutBackoff();
+    await t.failDial(refused());
+    t.waitOutBackoff();
+    const last = refused();
+    await t.failDial(last);
+    assert.equal(t.status(), 'failed');
+    assert.deepEqual(t.actor.getSnapshot().output, { status: 'failed', error: last });
+  });
+
+  it('flatRetryLimit 0 turns the rule off', async () => {
+    const t = start({ random: () => 0.9999, backoff: limited(0) });
+    const delays: number[] = [];
+    for (let k = 0; k < 3; k++) {
+      await t.failDial(refused());
+      delays.push(t.waitOutBackoff());
+    }
+    assert.deepEqual(delays, [999, 1999, 3999]);
+    t.actor.stop();
+  });
+
+  it('a healthy connection resets the flat count with the failure count', async () => {
+    const t = start({ random: () => 0.9999, backoff: limited(2) });
+    await t.failDial(refused());
+    t.waitOutBackoff();
+    await t.failDial(refused());
+    t.waitOutBackoff();
+    await t.succeedDial();
+    t.clock.advance(policy.healthyAfterMs);
+    assert.equal(t.context().attempts, 0);
+    assert.equal(t.context().flatRetries, 0);
+    t.actor.stop();
   });
 });
