@@ -32,6 +32,11 @@ export interface HistoryInit {
   /** The last round happens just before this time (epoch ms); pending cleanups fall due after it. */
   endsAt: number;
   seed?: number;
+  /**
+   * Names the accounts and zones (`<prefix>-<n>.example`); default `customer`. Another prefix (and
+   * seed) writes a second history into a log that already holds one, with streams of its own.
+   */
+  prefix?: string;
 }
 
 export interface HistoryCounts {
@@ -102,6 +107,7 @@ export async function writeHistory(dataDir: string, init: HistoryInit): Promise<
     clearTimeout: () => {},
   };
   const log: EventLog = await openLevelEventLog({ clock }, { dataDir });
+  const startHead = log.headPosition;
 
   const states = new Map<string, unknown>();
   const versions = new Map<string, number>();
@@ -154,14 +160,18 @@ export async function writeHistory(dataDir: string, init: HistoryInit): Promise<
   // ---- setup: accounts, zones, tokens, tunnels, routes ----
   for (let a = 0; a < accountCount; a++) {
     const accountId = uuid();
-    const zoneName = `customer-${a}.example`;
+    const prefix = init.prefix ?? 'customer';
+    const zoneName = `${prefix}-${a}.example`;
     const tokenId = hex(8);
     const actor = a === 0 ? 'init' : 'token:operator';
     await zone({ type: 'AddZone', zone: zoneName, zoneId: uuid(), accountId, now }, actor);
-    await account({ type: 'CreateAccount', accountId, name: `customer ${a}`, operator: a === 0, now }, actor);
+    await account(
+      { type: 'CreateAccount', accountId, name: `${prefix} ${a}`, operator: a === 0, now },
+      actor,
+    );
     for (const [id, member, role] of [
-      [tokenId, `admin@customer-${a}.example`, 'admin'],
-      [hex(8), `ci@customer-${a}.example`, 'member'],
+      [tokenId, `admin@${zoneName}`, 'admin'],
+      [hex(8), `ci@${zoneName}`, 'member'],
     ] as const) {
       const tokenHash = createHash('sha256').update(id).digest('hex');
       await account({ type: 'IssueApiToken', accountId, tokenId: id, member, role, tokenHash, now }, actor);
@@ -289,7 +299,9 @@ export async function writeHistory(dataDir: string, init: HistoryInit): Promise<
   /** Tunnels whose agent stayed away past the deadline in the last round. */
   let away = new Set<TunnelPlan>();
   for (let round = 1; round <= ROUNDS; round++) {
-    now = init.endsAt - (ROUNDS + 1 - round) * ROUND_MS;
+    // The last round ends two hours before `endsAt`, so the cleanups it schedules (24–48 h later) are
+    // still pending when an edge starts on the log, as the header says, rather than overdue.
+    now = init.endsAt - (ROUNDS - round) * ROUND_MS - 2 * 3_600_000;
     for (const t of away) {
       const state = states.get(tunnelStream(t.tunnelId)) as { pendingCleanup: { dueAt: number } | null };
       const dueAt = state.pendingCleanup?.dueAt;
@@ -350,8 +362,8 @@ export async function writeHistory(dataDir: string, init: HistoryInit): Promise<
   await flushQueued();
   await drain();
   const writeMs = performance.now() - started;
-  if (log.headPosition !== events)
-    throw new Error(`wrote ${events} events but the log is at ${log.headPosition}`);
+  if (log.headPosition - startHead !== events)
+    throw new Error(`wrote ${events} events but the log went from ${startHead} to ${log.headPosition}`);
   await log.close();
 
   let records = 0;

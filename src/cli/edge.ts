@@ -44,6 +44,8 @@ interface EdgeOptions extends LogOptions {
   dnsCleanupWindow: { minMs: number; maxMs: number };
   visitorHold: number;
   visitorHoldMax: number;
+  snapshots: boolean;
+  snapshotEvery: number;
 }
 
 interface InitOptions extends LogOptions {
@@ -82,6 +84,8 @@ export async function runEdge(opts: EdgeOptions, log: Logger): Promise<Edge> {
       maxTotal: opts.visitorHoldMax,
       maxPerTunnel: Math.min(defaultEdgeConfig.visitorHold.maxPerTunnel, opts.visitorHoldMax),
     },
+    snapshots: opts.snapshots,
+    snapshotEveryEvents: opts.snapshotEvery,
   };
   if (!opts.memory) config.dataDir = opts.dataDir;
   // Loaded here, not at the top: an agent process never needs the edge's LevelDB, fastify or x509.
@@ -256,6 +260,23 @@ function edgeFlags(cmd: Command, defaults: { dataDir: string }): Command {
           .argParser(count('--visitor-hold-max'))
           .default(defaultEdgeConfig.visitorHold.maxTotal),
         'VISITOR_HOLD_MAX',
+      ),
+    )
+    .addOption(
+      env(
+        new Option(
+          '--no-snapshots',
+          'fold the whole event log at every start and save no directory snapshot',
+        ),
+        'NO_SNAPSHOTS',
+      ),
+    )
+    .addOption(
+      env(
+        new Option('--snapshot-every <n>', 'events folded between two background directory snapshots')
+          .argParser(count('--snapshot-every'))
+          .default(defaultEdgeConfig.snapshotEveryEvents),
+        'SNAPSHOT_EVERY',
       ),
     );
 }

@@ -39,6 +39,10 @@ export interface EdgeConfig {
   loginSessionTtlMs: number;
   /** Requests for a tunnel that just lost its last connection wait this long for the next one. */
   visitorHold: VisitorHoldSettings;
+  /** Directory snapshots: start from the latest one and fold only the log after it (LevelDB log only). */
+  snapshots: boolean;
+  /** Events folded between two background snapshots; 0: only at a clean stop. */
+  snapshotEveryEvents: number;
 }
 
 const HOUR_MS = 3_600_000;
@@ -63,4 +67,6 @@ export const defaultEdgeConfig: EdgeConfig = {
   dnsCleanupWindowMs: { minMs: 24 * HOUR_MS, maxMs: 48 * HOUR_MS },
   loginSessionTtlMs: 10 * 60_000,
   visitorHold: { ...defaultVisitorHold },
+  snapshots: true,
+  snapshotEveryEvents: 100_000,
 };

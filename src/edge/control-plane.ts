@@ -8,12 +8,13 @@
  * every pending cleanup, then live as `DnsCleanupScheduled` / `DnsCleanupCancelled` arrive.
  */
 import { createHash, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { setImmediate as setImmediatePromise } from 'node:timers/promises';
 import type { Subscription } from 'rxjs';
 import { type Actor, createActor, fromPromise } from 'xstate';
 import { dnsJanitorMachine } from '../actors/dns-janitor.machine.ts';
 import { type AccountCommand, accountDecider, accountStream, type TokenRole } from '../events/account.ts';
 import type { Decider } from '../events/decider.ts';
-import { Directory, type TokenView, type TunnelView } from '../events/directory.ts';
+import { Directory, type DirectoryState, type TokenView, type TunnelView } from '../events/directory.ts';
 import {
   type ConnectionRecord,
   type TunnelCommand,
@@ -34,6 +35,16 @@ import { describeError, WarrenError } from '../shared/errors.ts';
 import type { Logger } from '../shared/log.ts';
 import { handleCommand, StreamStateCache } from '../store/command-handler.ts';
 import type { EventLog, StoredEvent } from '../store/event-log.ts';
+import {
+  captureDirectoryState,
+  DIRECTORY_SNAPSHOT,
+  type DirectorySnapshotHeader,
+  directorySnapshotPages,
+  readDirectorySnapshot,
+  type SnapshotAnchor,
+  SnapshotRefused,
+} from '../store/snapshot-codec.ts';
+import type { SnapshotStore } from '../store/snapshot-store.ts';
 
 export interface ControlPlaneComponents {
   clock: Clock;
@@ -51,7 +62,21 @@ export interface ControlPlaneInit {
   /** A tunnel's `auto` DNS records go this long after its last connection: uniform in [min, max]. */
   dnsCleanupWindowMs: { minMs: number; maxMs: number };
   maxAuditEntriesPerAccount?: number;
+  /**
+   * Directory snapshots, kept by the event log (LevelDB: `<data-dir>/snapshots`): start from the
+   * newest one that checks out and fold only the events after it; save one at close and, in the
+   * background, every `snapshotEveryEvents` events. Default true. False: fold the whole log at every
+   * start and save nothing.
+   */
+  snapshots?: boolean;
+  /**
+   * Events folded (at start or live) between two background snapshots; default 100 000, bounding
+   * what a start after a crash folds beyond the last snapshot. 0: snapshots only at close.
+   */
+  snapshotEveryEvents?: number;
 }
+
+const DEFAULT_SNAPSHOT_EVERY_EVENTS = 100_000;
 
 /** Who is calling the API: a live token of an account. */
 export interface Principal {
@@ -108,12 +133,31 @@ export class ControlPlane {
   #janitor: Actor<typeof dnsJanitorMachine> | undefined;
   #failed: unknown;
   #closed = false;
+  /** The log's snapshot store, unless snapshots are off. */
+  readonly #snapshots: SnapshotStore | undefined;
+  readonly #snapshotEveryEvents: number;
+  /** The last event the directory applied (null before any): what a snapshot is anchored to. */
+  #anchor: SnapshotAnchor | null = null;
+  /** Position of the newest snapshot loaded or started: saving again there would add nothing. */
+  #snapshotPosition = 0;
+  /** Events applied since that snapshot. */
+  #sinceSnapshot = 0;
+  /** A background snapshot is being taken: no second one starts meanwhile. */
+  #snapshotting = false;
   /** Told when a tunnel is deleted, so its live sessions can be closed. */
   onTunnelDeleted: (tunnelId: string) => void = () => {};
 
   private constructor(components: ControlPlaneComponents, init: ControlPlaneInit) {
     this.#c = components;
     this.#init = init;
+    this.#snapshots = init.snapshots === false ? undefined : components.eventLog.snapshots;
+    this.#snapshotEveryEvents = init.snapshotEveryEvents ?? DEFAULT_SNAPSHOT_EVERY_EVENTS;
+    if (!Number.isSafeInteger(this.#snapshotEveryEvents) || this.#snapshotEveryEvents < 0) {
+      throw new WarrenError(
+        'bad_config',
+        `snapshotEveryEvents must be an integer >= 0, not ${this.#snapshotEveryEvents}`,
+      );
+    }
     this.directory = new Directory(
       init.maxAuditEntriesPerAccount === undefined
         ? {}
@@ -121,13 +165,174 @@ export class ControlPlane {
     );
   }
 
-  /** Folds the whole log, then follows it live and arms the janitor. */
+  /**
+   * Loads the newest directory snapshot that checks out (if any), folds the log after it, then follows
+   * the log live and arms the janitor.
+   */
   static async open(components: ControlPlaneComponents, init: ControlPlaneInit): Promise<ControlPlane> {
     const cp = new ControlPlane(components, init);
-    for await (const e of components.eventLog.readAll()) cp.directory.apply(e);
+    const { eventLog, log } = components;
+    const started = performance.now();
+    const restored = await cp.#restoreSnapshot();
+    const from = cp.directory.position + 1;
+    let last: StoredEvent | undefined;
+    let folded = 0;
+    for await (const e of eventLog.readAll({ fromPosition: from })) {
+      cp.directory.apply(e);
+      last = e;
+      folded++;
+    }
+    if (last) cp.#anchor = last;
+    cp.#sinceSnapshot = folded;
+    log.info(
+      {
+        fromSnapshot: restored,
+        snapshotPosition: from - 1,
+        folded,
+        position: cp.directory.position,
+        ms: Math.round(performance.now() - started),
+      },
+      'directory ready',
+    );
     cp.#follow();
     cp.#startJanitor();
+    cp.#snapshotIfDue();
     return cp;
+  }
+
+  // ---- snapshots ----
+
+  /** Loads the newest usable snapshot into the directory; false (and a warning per refusal) if none. */
+  async #restoreSnapshot(): Promise<boolean> {
+    const store = this.#snapshots;
+    if (!store) return false;
+    const { eventLog, log } = this.#c;
+    let snapshots: Awaited<ReturnType<SnapshotStore['list']>>;
+    try {
+      snapshots = await store.list(DIRECTORY_SNAPSHOT);
+    } catch (err) {
+      log.warn({ err: describeError(err) }, 'cannot list directory snapshots; folding the whole log');
+      return false;
+    }
+    for (const [i, snapshot] of snapshots.entries()) {
+      const started = performance.now();
+      try {
+        if (snapshot.position > eventLog.headPosition) {
+          throw new SnapshotRefused(
+            'other_log',
+            `it was taken at position ${snapshot.position}, past the end of the log (${eventLog.headPosition})`,
+          );
+        }
+        const { header, state } = await readDirectorySnapshot(
+          snapshot.pages(),
+          { maxAuditEntriesPerAccount: this.directory.maxAuditEntriesPerAccount },
+          (h) => this.#checkAnchor(h, snapshot.position),
+        );
+        this.directory.importState(state, header.position);
+        this.#anchor = header.anchor;
+        this.#snapshotPosition = header.position;
+        log.info(
+          { position: header.position, ms: Math.round(performance.now() - started) },
+          'directory loaded from its snapshot',
+        );
+        return true;
+      } catch (err) {
+        // Never fatal and never half-applied: `importState` is the last step and replaces everything.
+        log.warn(
+          {
+            position: snapshot.position,
+            reason: err instanceof SnapshotRefused ? err.reason : 'error',
+            err: describeError(err),
+          },
+          i + 1 < snapshots.length
+            ? 'directory snapshot not used; trying an older one'
+            : 'directory snapshot not used; folding the whole log',
+        );
+      }
+    }
+    return false;
+  }
+
+  /** The snapshot was taken of this log: the event it was taken after is there. */
+  async #checkAnchor(h: DirectorySnapshotHeader, position: number): Promise<void> {
+    if (h.position !== position) {
+      throw new SnapshotRefused('corrupt', `its header says position ${h.position}, its name ${position}`);
+    }
+    if (h.anchor === null) return;
+    let found: StoredEvent | undefined;
+    for await (const e of this.#c.eventLog.readAll({ fromPosition: h.position, limit: 1 })) found = e;
+    if (
+      found?.stream !== h.anchor.stream ||
+      found.version !== h.anchor.version ||
+      found.recordedAt !== h.anchor.recordedAt
+    ) {
+      throw new SnapshotRefused(
+        'other_log',
+        `the event at position ${h.position} is not the one it was taken after: it belongs to another log`,
+      );
+    }
+  }
+
+  /** Starts a background snapshot when enough events went by since the last one. */
+  #snapshotIfDue(): void {
+    const every = this.#snapshotEveryEvents;
+    if (every === 0 || this.#sinceSnapshot < every || this.#snapshotting || this.#closed) return;
+    this.#snapshotting = true;
+    // Out of the fold's call stack: `#onEvent` runs inside the log's publishing loop.
+    setImmediate(() => {
+      if (this.#closed) {
+        this.#snapshotting = false;
+        return;
+      }
+      // The copy shares everything the fold never changes (most of it), so taking it is short; the
+      // pages are then written from the copy while the directory moves on.
+      let saved: Promise<void>;
+      try {
+        saved = this.#saveSnapshot(captureDirectoryState(this.directory.exportState()));
+      } catch (err) {
+        this.#c.log.warn({ err: describeError(err) }, 'directory snapshot not taken');
+        saved = Promise.resolve();
+      }
+      void saved.finally(() => {
+        this.#snapshotting = false;
+      });
+    });
+  }
+
+  /**
+   * Saves `state` (the directory's, or a copy that stays as it is) at the directory's position. The
+   * pages are produced as the store writes them, yielding to the event loop between pages, so a
+   * large directory does not hold up anything else. Failures are logged: a snapshot is an
+   * optimisation, and the next start folds more of the log instead.
+   */
+  #saveSnapshot(state: DirectoryState): Promise<void> {
+    const store = this.#snapshots;
+    const position = this.directory.position;
+    if (!store || position === 0 || position === this.#snapshotPosition) return Promise.resolve();
+    this.#snapshotPosition = position;
+    this.#sinceSnapshot = 0;
+    const anchor = this.#anchor;
+    const at = {
+      position,
+      anchor: anchor && { stream: anchor.stream, version: anchor.version, recordedAt: anchor.recordedAt },
+      maxAuditEntriesPerAccount: this.directory.maxAuditEntriesPerAccount,
+    };
+    const { log } = this.#c;
+    const started = performance.now();
+    const pages = async function* () {
+      for (const page of directorySnapshotPages(state, at)) {
+        yield page;
+        await setImmediatePromise();
+      }
+    };
+    return store.save(DIRECTORY_SNAPSHOT, position, pages()).then(
+      () => log.info({ position, ms: Math.round(performance.now() - started) }, 'directory snapshot saved'),
+      (err: unknown) =>
+        log.warn(
+          { position, err: describeError(err) },
+          'directory snapshot not saved; the next start folds more of the log',
+        ),
+    );
   }
 
   #follow(): void {
@@ -146,6 +351,9 @@ export class ControlPlane {
 
   #onEvent(e: StoredEvent): void {
     this.directory.apply(e);
+    this.#anchor = e;
+    this.#sinceSnapshot++;
+    this.#snapshotIfDue();
     const data = e.data as { tunnelId?: string; dueAt?: number };
     if (e.type === 'DnsCleanupScheduled' && data.tunnelId && data.dueAt !== undefined) {
       this.#janitor?.send({ type: 'SCHEDULE', tunnelId: data.tunnelId, dueAt: data.dueAt });
@@ -755,13 +963,18 @@ export class ControlPlane {
     );
   }
 
-  /** Stops following the log and the janitor; the event log itself is closed by its owner. */
+  /**
+   * Stops following the log and the janitor, and starts saving a directory snapshot at the position
+   * it reached. The event log itself is closed by its owner; its `close` waits for that save.
+   */
   close(): void {
     this.#closed = true;
     this.#janitor?.stop();
     this.#subscription?.unsubscribe();
     for (const w of this.#waiters) w.reject(new WarrenError('store_closed', 'the edge is shutting down'));
     this.#waiters.clear();
+    // Nothing changes the directory from here on, so the pages can be read from it as they are written.
+    void this.#saveSnapshot(this.directory.exportState());
   }
 }
 

@@ -118,6 +118,8 @@ export async function startEdge(components: EdgeComponents, config: EdgeConfig):
       edgeDomain: config.edgeDomain,
       accountTunnelLimit: config.accountTunnelLimit,
       dnsCleanupWindowMs: config.dnsCleanupWindowMs,
+      snapshots: config.snapshots,
+      snapshotEveryEvents: config.snapshotEveryEvents,
     },
   );
   const { directory } = controlPlane;

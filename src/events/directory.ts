@@ -5,8 +5,12 @@
  * always gives the same directory.
  *
  * It is mutable on purpose: the edge folds up to millions of events at start, and copying maps per
- * event would dominate that. Readers get plain objects and must not change them.
+ * event would dominate that. Readers get plain objects and must not change them. What the fold never
+ * changes once made (audit entries, records, connections) is frozen, so that a snapshot taken while
+ * the fold goes on can share it rather than copy it (src/store/snapshot-codec.ts).
  */
+
+import { WarrenError } from '../shared/errors.ts';
 import type { AccountEvent, TokenRole } from './account.ts';
 import { connectionOf, type TunnelConnection, type TunnelEvent } from './tunnel.ts';
 import { type DnsRecord, inZone, type ZoneEvent } from './zone.ts';
@@ -134,46 +138,140 @@ export interface DirectoryInit {
 
 type KnownEvent = AccountEvent | ZoneEvent | TunnelEvent;
 
-export class Directory {
-  readonly accounts = new Map<string, AccountView>();
-  readonly tokens = new Map<string, TokenView>();
-  readonly retiredTokens = new Map<string, RetiredToken>();
-  readonly zones = new Map<string, ZoneView>();
-  readonly records = new Map<string, ZoneRecord>();
-  readonly tunnels = new Map<string, TunnelView>();
-  /** Position of the last event applied. */
-  position = 0;
-
-  readonly #recordsByName = new Map<string, Set<string>>();
+/**
+ * Everything a directory holds, as plain data (Maps, Sets, arrays, plain objects, primitives): what a
+ * snapshot saves and restores. Snapshots encode it generically, so a field added here or to one of the
+ * views is saved without further work; a change to what the fold computes must change `emptyDirectoryState` or
+ * bump `DIRECTORY_STATE_VERSION` (see src/store/snapshot-codec.ts).
+ */
+export interface DirectoryState {
+  accounts: Map<string, AccountView>;
+  tokens: Map<string, TokenView>;
+  retiredTokens: Map<string, RetiredToken>;
+  zones: Map<string, ZoneView>;
+  records: Map<string, ZoneRecord>;
+  tunnels: Map<string, TunnelView>;
+  recordsByName: Map<string, Set<string>>;
   /** Record ids by the tunnel they point at: start-up recovery asks this of every tunnel. */
-  readonly #recordsByTunnel = new Map<string, Set<string>>();
-  readonly #quickHosts = new Map<string, string>();
-  readonly #activeByAccount = new Map<string, number>();
-  readonly #tunnelNames = new Map<string, Map<string, string>>();
-  readonly #audit = new Map<string, AuditEntry[]>();
+  recordsByTunnel: Map<string, Set<string>>;
+  quickHosts: Map<string, string>;
+  activeByAccount: Map<string, number>;
+  tunnelNames: Map<string, Map<string, string>>;
+  audit: Map<string, AuditEntry[]>;
   /**
    * Log positions of each live record's `DnsRecordAdded` and of each tunnel's last `DnsCleanupDue`:
    * a route made after a cleanup fell due is not that cleanup's to delete, even within its millisecond.
    */
-  readonly #recordPositions = new Map<string, number>();
-  readonly #cleanupDuePosition = new Map<string, number>();
+  recordPositions: Map<string, number>;
+  cleanupDuePosition: Map<string, number>;
+}
+
+/**
+ * Version of what the fold computes, for snapshots: bump it when `apply` changes its meaning for some
+ * event in a way the shape of the state does not show (the snapshot's fingerprint catches shape changes).
+ */
+export const DIRECTORY_STATE_VERSION = 1;
+
+export function emptyDirectoryState(): DirectoryState {
+  return {
+    accounts: new Map(),
+    tokens: new Map(),
+    retiredTokens: new Map(),
+    zones: new Map(),
+    records: new Map(),
+    tunnels: new Map(),
+    recordsByName: new Map(),
+    recordsByTunnel: new Map(),
+    quickHosts: new Map(),
+    activeByAccount: new Map(),
+    tunnelNames: new Map(),
+    audit: new Map(),
+    recordPositions: new Map(),
+    cleanupDuePosition: new Map(),
+  };
+}
+
+export class Directory {
+  /** Position of the last event applied. */
+  position = 0;
+
+  #s: DirectoryState = emptyDirectoryState();
   readonly #maxAudit: number;
 
   constructor(init: DirectoryInit = {}) {
     this.#maxAudit = init.maxAuditEntriesPerAccount ?? 100_000;
   }
 
+  get accounts(): Map<string, AccountView> {
+    return this.#s.accounts;
+  }
+  get tokens(): Map<string, TokenView> {
+    return this.#s.tokens;
+  }
+  get retiredTokens(): Map<string, RetiredToken> {
+    return this.#s.retiredTokens;
+  }
+  get zones(): Map<string, ZoneView> {
+    return this.#s.zones;
+  }
+  get records(): Map<string, ZoneRecord> {
+    return this.#s.records;
+  }
+  get tunnels(): Map<string, TunnelView> {
+    return this.#s.tunnels;
+  }
+
+  /** The audit limit this directory was made with: a snapshot is only valid for the same one. */
+  get maxAuditEntriesPerAccount(): number {
+    return this.#maxAudit;
+  }
+
+  // ---- snapshots ----
+
+  /**
+   * The live state, not a copy: it changes with every `apply`. For a snapshot, encode it before the next
+   * event is applied (or from a copy made then), and never change it.
+   */
+  exportState(): DirectoryState {
+    return this.#s;
+  }
+
+  /**
+   * Replaces everything with `state`, as exported at `position` by a directory with the same
+   * `maxAuditEntriesPerAccount`. The caller vouches that it is whole (see snapshot-codec.ts); this only
+   * checks that it has the containers this version of the code keeps.
+   */
+  importState(state: DirectoryState, position: number): void {
+    const expected = emptyDirectoryState();
+    const got = state as unknown as Record<string, unknown>;
+    const keys = Object.keys(expected);
+    if (Object.keys(got).length !== keys.length) {
+      throw new WarrenError('store_corrupt', 'directory state has other fields than this version keeps');
+    }
+    for (const key of keys) {
+      const want = (expected as unknown as Record<string, unknown>)[key];
+      if (Object.getPrototypeOf(got[key]) !== Object.getPrototypeOf(want)) {
+        throw new WarrenError('store_corrupt', `directory state field ${key} is not what this version keeps`);
+      }
+    }
+    if (!Number.isSafeInteger(position) || position < 0) {
+      throw new WarrenError('store_corrupt', `directory state position ${position} is not a position`);
+    }
+    this.#s = state;
+    this.position = position;
+  }
+
   // ---- queries ----
 
   /** The tunnel that serves visitors of `hostname` (lower case): a quick tunnel's name or a route. */
   tunnelForHost(hostname: string): string | undefined {
-    const quick = this.#quickHosts.get(hostname);
+    const quick = this.#s.quickHosts.get(hostname);
     if (quick) return quick;
     // An exact record wins over a wildcard one level up (`*.example.com`), as in DNS.
     const dot = hostname.indexOf('.');
     const names = dot > 0 ? [hostname, `*${hostname.slice(dot)}`] : [hostname];
     for (const name of names) {
-      for (const id of this.#recordsByName.get(name) ?? []) {
+      for (const id of this.#s.recordsByName.get(name) ?? []) {
         const r = this.records.get(id);
         if (r?.tunnelId && this.tunnels.get(r.tunnelId)?.deletedAt === null) return r.tunnelId;
       }
@@ -182,12 +280,12 @@ export class Directory {
   }
 
   recordsAt(name: string): ZoneRecord[] {
-    return [...(this.#recordsByName.get(name) ?? [])].map((id) => this.records.get(id)!);
+    return [...(this.#s.recordsByName.get(name) ?? [])].map((id) => this.records.get(id)!);
   }
 
   /** Records pointing at the tunnel. */
   recordsOf(tunnelId: string): ZoneRecord[] {
-    return [...(this.#recordsByTunnel.get(tunnelId) ?? [])].map((id) => this.records.get(id)!);
+    return [...(this.#s.recordsByTunnel.get(tunnelId) ?? [])].map((id) => this.records.get(id)!);
   }
 
   /** The zone served by this edge that contains `name` (the longest match), if any. */
@@ -200,36 +298,38 @@ export class Directory {
   }
 
   tunnelByName(accountId: string, name: string): TunnelView | undefined {
-    const id = this.#tunnelNames.get(accountId)?.get(name);
+    const id = this.#s.tunnelNames.get(accountId)?.get(name);
     return id === undefined ? undefined : this.tunnels.get(id);
   }
 
   /** Tunnel names claimed on account streams: `[accountId, name, tunnelId]`. */
   *tunnelNameClaims(): Generator<[string, string, string]> {
-    for (const [accountId, names] of this.#tunnelNames) {
+    for (const [accountId, names] of this.#s.tunnelNames) {
       for (const [name, tunnelId] of names) yield [accountId, name, tunnelId];
     }
   }
 
   /** Tunnels of the account with at least one live connection. */
   activeTunnels(accountId: string): number {
-    return this.#activeByAccount.get(accountId) ?? 0;
+    return this.#s.activeByAccount.get(accountId) ?? 0;
   }
 
   /** Records a fired cleanup still has to delete: `auto`, pointing at the tunnel, added before it fell due. */
   recordsDueForCleanup(tunnel: TunnelView): ZoneRecord[] {
     const due = tunnel.cleanupDueAt;
-    const duePosition = this.#cleanupDuePosition.get(tunnel.tunnelId);
+    const duePosition = this.#s.cleanupDuePosition.get(tunnel.tunnelId);
     if (due === null || duePosition === undefined) return [];
     return this.recordsOf(tunnel.tunnelId).filter(
       (r) =>
-        r.origin === 'auto' && r.addedAt <= due && (this.#recordPositions.get(r.recordId) ?? 0) < duePosition,
+        r.origin === 'auto' &&
+        r.addedAt <= due &&
+        (this.#s.recordPositions.get(r.recordId) ?? 0) < duePosition,
     );
   }
 
   /** Newest last. */
   audit(accountId: string): readonly AuditEntry[] {
-    return this.#audit.get(accountId) ?? [];
+    return this.#s.audit.get(accountId) ?? [];
   }
 
   // ---- fold ----
@@ -320,17 +420,17 @@ export class Directory {
       }
       case 'TunnelNameClaimed': {
         const d = event.data;
-        let names = this.#tunnelNames.get(d.accountId);
+        let names = this.#s.tunnelNames.get(d.accountId);
         if (!names) {
           names = new Map();
-          this.#tunnelNames.set(d.accountId, names);
+          this.#s.tunnelNames.set(d.accountId, names);
         }
         names.set(d.name, d.tunnelId);
         return;
       }
       case 'TunnelNameReleased': {
         const d = event.data;
-        const names = this.#tunnelNames.get(d.accountId);
+        const names = this.#s.tunnelNames.get(d.accountId);
         if (names?.get(d.name) === d.tunnelId) names.delete(d.name);
         return;
       }
@@ -348,20 +448,20 @@ export class Directory {
       case 'DnsRecordAdded': {
         const d = event.data;
         const previous = this.records.get(d.recordId)?.tunnelId;
-        if (previous) this.#recordsByTunnel.get(previous)?.delete(d.recordId);
-        this.records.set(d.recordId, { ...d });
-        this.#recordPositions.set(d.recordId, e.position);
-        let ids = this.#recordsByName.get(d.name);
+        if (previous) this.#s.recordsByTunnel.get(previous)?.delete(d.recordId);
+        this.records.set(d.recordId, Object.freeze({ ...d }));
+        this.#s.recordPositions.set(d.recordId, e.position);
+        let ids = this.#s.recordsByName.get(d.name);
         if (!ids) {
           ids = new Set();
-          this.#recordsByName.set(d.name, ids);
+          this.#s.recordsByName.set(d.name, ids);
         }
         ids.add(d.recordId);
         if (d.tunnelId) {
-          let ofTunnel = this.#recordsByTunnel.get(d.tunnelId);
+          let ofTunnel = this.#s.recordsByTunnel.get(d.tunnelId);
           if (!ofTunnel) {
             ofTunnel = new Set();
-            this.#recordsByTunnel.set(d.tunnelId, ofTunnel);
+            this.#s.recordsByTunnel.set(d.tunnelId, ofTunnel);
           }
           ofTunnel.add(d.recordId);
         }
@@ -382,15 +482,15 @@ export class Directory {
         const d = event.data;
         const removed = this.records.get(d.recordId);
         if (removed?.tunnelId) {
-          const ofTunnel = this.#recordsByTunnel.get(removed.tunnelId);
+          const ofTunnel = this.#s.recordsByTunnel.get(removed.tunnelId);
           ofTunnel?.delete(d.recordId);
-          if (ofTunnel?.size === 0) this.#recordsByTunnel.delete(removed.tunnelId);
+          if (ofTunnel?.size === 0) this.#s.recordsByTunnel.delete(removed.tunnelId);
         }
         this.records.delete(d.recordId);
-        this.#recordPositions.delete(d.recordId);
-        const ids = this.#recordsByName.get(d.name);
+        this.#s.recordPositions.delete(d.recordId);
+        const ids = this.#s.recordsByName.get(d.name);
         ids?.delete(d.recordId);
-        if (ids?.size === 0) this.#recordsByName.delete(d.name);
+        if (ids?.size === 0) this.#s.recordsByName.delete(d.name);
         const accountId = this.zones.get(d.zone)?.accountId;
         if (accountId) {
           this.#addAudit(e, actor, 'dns.delete', accountId, d.tunnelId, {
@@ -416,7 +516,7 @@ export class Directory {
           pendingCleanup: null,
           cleanupDueAt: null,
         });
-        if (d.hostname) this.#quickHosts.set(d.hostname, d.tunnelId);
+        if (d.hostname) this.#s.quickHosts.set(d.hostname, d.tunnelId);
         if (d.accountId) this.#addAudit(e, actor, 'tunnel.create', d.accountId, d.tunnelId, { name: d.name });
         return;
       }
@@ -426,7 +526,7 @@ export class Directory {
         this.#setConnections(t, () => t.connections.clear());
         t.deletedAt = event.data.deletedAt;
         t.pendingCleanup = null;
-        if (t.hostname) this.#quickHosts.delete(t.hostname);
+        if (t.hostname) this.#s.quickHosts.delete(t.hostname);
         if (t.accountId) this.#addAudit(e, actor, 'tunnel.delete', t.accountId, t.tunnelId, { name: t.name });
         return;
       }
@@ -434,7 +534,7 @@ export class Directory {
         const d = event.data;
         const t = this.tunnels.get(d.tunnelId);
         if (!t) return;
-        const connection = connectionOf(d);
+        const connection = Object.freeze(connectionOf(d));
         this.#setConnections(t, () => t.connections.set(d.connectionId, connection));
         t.inactiveAt = null;
         if (t.accountId) {
@@ -505,7 +605,7 @@ export class Directory {
         if (!t) return;
         t.pendingCleanup = null;
         t.cleanupDueAt = event.data.dueAt;
-        this.#cleanupDuePosition.set(t.tunnelId, e.position);
+        this.#s.cleanupDuePosition.set(t.tunnelId, e.position);
         if (t.accountId)
           this.#addAudit(e, actor, 'dns_cleanup.due', t.accountId, t.tunnelId, { dueAt: event.data.dueAt });
         return;
@@ -522,7 +622,7 @@ export class Directory {
     change();
     const after = t.connections.size > 0;
     if (before === after || !t.accountId) return;
-    this.#activeByAccount.set(t.accountId, this.activeTunnels(t.accountId) + (after ? 1 : -1));
+    this.#s.activeByAccount.set(t.accountId, this.activeTunnels(t.accountId) + (after ? 1 : -1));
   }
 
   #addAudit(
@@ -534,24 +634,28 @@ export class Directory {
     details: AuditEntry['details'],
     connection?: TunnelConnection,
   ): void {
-    let entries = this.#audit.get(accountId);
+    let entries = this.#s.audit.get(accountId);
     if (!entries) {
       entries = [];
-      this.#audit.set(accountId, entries);
+      this.#s.audit.set(accountId, entries);
     }
-    entries.push({
-      id: e.position,
-      time: e.recordedAt,
-      action,
-      actor,
-      accountId,
-      tunnelId,
-      tunnelName: tunnelId ? (this.tunnels.get(tunnelId)?.name ?? null) : null,
-      connectionId: connection?.connectionId ?? null,
-      pop: connection?.pop ?? null,
-      clientVersion: connection?.clientVersion ?? null,
-      details,
-    });
+    // Frozen: an entry never changes, and a snapshot taken while the fold goes on shares frozen objects
+    // instead of copying them (see captureDirectoryState in src/store/snapshot-codec.ts).
+    entries.push(
+      Object.freeze({
+        id: e.position,
+        time: e.recordedAt,
+        action,
+        actor,
+        accountId,
+        tunnelId,
+        tunnelName: tunnelId ? (this.tunnels.get(tunnelId)?.name ?? null) : null,
+        connectionId: connection?.connectionId ?? null,
+        pop: connection?.pop ?? null,
+        clientVersion: connection?.clientVersion ?? null,
+        details: Object.freeze(details),
+      }),
+    );
     // Trim in batches so that the cost stays amortised O(1) per entry.
     if (entries.length > this.#maxAudit + Math.ceil(this.#maxAudit / 10)) {
       entries.splice(0, entries.length - this.#maxAudit);

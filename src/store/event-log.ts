@@ -6,6 +6,7 @@
  */
 import { Observable, type Subscriber } from 'rxjs';
 import { WarrenError } from '../shared/errors.ts';
+import type { SnapshotStore } from './snapshot-store.ts';
 
 export interface EventMeta {
   correlationId?: string;
@@ -70,7 +71,16 @@ export interface EventLog {
   subscribe(fromPosition?: number): Observable<StoredEvent>;
   /** Position of the last appended event; 0 for an empty log. Still readable after close. */
   readonly headPosition: number;
-  /** Lets in-flight appends finish, completes subscriptions, releases the store. Idempotent. */
+  /**
+   * Snapshots of read models folded from this log, kept with it (snapshot-store.ts): on disk beside a
+   * LevelDB log, in memory beside an in-memory one. Optional: a log without them is folded in full.
+   * `close` closes them too, after saves already started have finished.
+   */
+  readonly snapshots?: SnapshotStore;
+  /**
+   * Lets in-flight appends and snapshot saves finish, completes subscriptions, releases the store.
+   * Idempotent.
+   */
   close(): Promise<void>;
 }
 

@@ -5,6 +5,9 @@
  *   g!<position: 16 hex digits>               → envelope bytes (codec.ts); a scan of `g!` is the log in order
  *   s!<stream>!<version: 10 decimal digits>   → position (16 hex digits, ascii); one stream's index
  *   m!layout                                  → "1"; the version of this layout
+ * Snapshots of read models live beside it in `<dataDir>/snapshots` (snapshot-store.ts), as files: they
+ * are large, rewritten whole, and an operator may delete them (to force a full replay) with the edge
+ * stopped.
  * Fixed-width numbers make lexicographic order numeric order. Because `!` is not allowed in stream names,
  * the range [`s!<stream>!`, `s!<stream>"`) holds exactly that stream's keys (`"` sorts right after `!`).
  *
@@ -36,6 +39,7 @@ import {
   SubscriptionHub,
   storeClosedError,
 } from './event-log.ts';
+import { openFileSnapshotStore, type SnapshotStore } from './snapshot-store.ts';
 
 export interface LevelEventLogComponents {
   /** Stamps `recordedAt`. */
@@ -49,6 +53,8 @@ export interface LevelEventLogInit {
   dataDir: string;
 }
 
+/** Snapshots of read models, beside the log's own `events` directory (see snapshot-store.ts). */
+const SNAPSHOT_DIR = 'snapshots';
 const LAYOUT_KEY = 'm!layout';
 const LAYOUT_VERSION = '1';
 const GLOBAL_FROM = 'g!';
@@ -97,7 +103,8 @@ export async function openLevelEventLog(
       throw new WarrenError('store_corrupt', `event log in ${location} has unknown layout ${found}`);
     }
     log.info({ dataDir: init.dataDir, headPosition }, 'event log opened');
-    return new LevelEventLog(db, components.clock, log, headPosition);
+    const snapshots = openFileSnapshotStore(join(init.dataDir, SNAPSHOT_DIR));
+    return new LevelEventLog(db, components.clock, log, headPosition, snapshots);
   } catch (err) {
     await db.close().catch(() => {});
     throw err;
@@ -105,6 +112,7 @@ export async function openLevelEventLog(
 }
 
 class LevelEventLog implements EventLog {
+  readonly snapshots: SnapshotStore;
   readonly #db: Db;
   readonly #clock: Clock;
   readonly #log: Logger;
@@ -115,7 +123,8 @@ class LevelEventLog implements EventLog {
   #tail: Promise<unknown> = Promise.resolve();
   #closing: Promise<void> | undefined;
 
-  constructor(db: Db, clock: Clock, log: Logger, headPosition: number) {
+  constructor(db: Db, clock: Clock, log: Logger, headPosition: number, snapshots: SnapshotStore) {
+    this.snapshots = snapshots;
     this.#db = db;
     this.#clock = clock;
     this.#log = log;
@@ -291,8 +300,10 @@ class LevelEventLog implements EventLog {
 
   close(): Promise<void> {
     this.#closing ??= (async () => {
-      // Close is not abort: appends already queued finish and are published first.
+      // Close is not abort: appends already queued finish and are published first, and a snapshot
+      // being saved (at the control plane's close, say) is finished.
       await this.#tail;
+      await this.snapshots.close();
       this.#hub.completeAll();
       await this.#db.close();
       this.#log.info({ headPosition: this.#head }, 'event log closed');

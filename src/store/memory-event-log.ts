@@ -23,6 +23,7 @@ import {
   SubscriptionHub,
   storeClosedError,
 } from './event-log.ts';
+import { openMemorySnapshotStore, type SnapshotStore } from './snapshot-store.ts';
 
 export interface MemoryEventLogComponents {
   /** Stamps `recordedAt`. */
@@ -34,6 +35,7 @@ export function openMemoryEventLog(components: MemoryEventLogComponents): EventL
 }
 
 class MemoryEventLog implements EventLog {
+  readonly snapshots: SnapshotStore = openMemorySnapshotStore();
   readonly #clock: Clock;
   /** The global log; index = position - 1. */
   readonly #all: StoredEvent[] = [];
@@ -135,5 +137,6 @@ class MemoryEventLog implements EventLog {
     if (this.#closed) return;
     this.#closed = true;
     this.#hub.completeAll();
+    await this.snapshots.close();
   }
 }

@@ -8,6 +8,7 @@ import { firstValueFrom, lastValueFrom, type Observable, take, toArray } from 'r
 import type { ManualClock } from '../../src/shared/clock.ts';
 import { isWarrenError } from '../../src/shared/errors.ts';
 import type { EventLog, NewEvent, StoredEvent } from '../../src/store/event-log.ts';
+import type { SnapshotStore, StoredSnapshot } from '../../src/store/snapshot-store.ts';
 import { withDeadline } from '../support/wait.ts';
 
 export interface ContractSubject {
@@ -455,6 +456,121 @@ export function eventLogContract(
             lastPosition: 4,
           });
           assert.deepEqual(positions(await collect(log.subscribe(), 4)), [1, 2, 3, 4]);
+        });
+      }
+    });
+
+    describe('snapshots', () => {
+      const bytes = (...values: number[]) => Uint8Array.from(values);
+      async function read(snapshot: StoredSnapshot): Promise<number[][]> {
+        const out: number[][] = [];
+        for await (const page of snapshot.pages()) out.push([...page]);
+        return out;
+      }
+      function store(log: EventLog): SnapshotStore {
+        assert.ok(log.snapshots, 'the log keeps snapshots');
+        return log.snapshots;
+      }
+
+      it('saves pages at a position and reads them back, newest first, keeping two per name', async () => {
+        const snapshots = store((await subject()).log);
+        assert.deepEqual(await snapshots.list('directory'), []);
+        await snapshots.save('directory', 10, [bytes(1, 2), bytes(3)]);
+        await snapshots.save(
+          'directory',
+          20,
+          (async function* () {
+            yield bytes(4);
+            yield bytes(); // empty pages are dropped
+            yield bytes(5, 6, 7);
+          })(),
+        );
+        await snapshots.save('other', 5, [bytes(9)]);
+        let listed = await snapshots.list('directory');
+        assert.deepEqual(
+          listed.map((s) => s.position),
+          [20, 10],
+        );
+        assert.deepEqual(await read(listed[0]!), [[4], [5, 6, 7]]);
+        assert.deepEqual(await read(listed[1]!), [[1, 2], [3]]);
+
+        await snapshots.save('directory', 30, [bytes(8)]);
+        listed = await snapshots.list('directory');
+        assert.deepEqual(
+          listed.map((s) => s.position),
+          [30, 20],
+        );
+        // The same position again replaces that snapshot.
+        await snapshots.save('directory', 30, [bytes(0)]);
+        assert.deepEqual(await read((await snapshots.list('directory'))[0]!), [[0]]);
+
+        await snapshots.delete('directory');
+        assert.deepEqual(await snapshots.list('directory'), []);
+        assert.deepEqual(
+          (await snapshots.list('other')).map((s) => s.position),
+          [5],
+        );
+      });
+
+      it('keeps the earlier snapshots when a save fails half-way', async () => {
+        const snapshots = store((await subject()).log);
+        await snapshots.save('directory', 10, [bytes(1)]);
+        const failing = (async function* () {
+          yield bytes(2);
+          throw new Error('the encoder broke');
+        })();
+        await assert.rejects(snapshots.save('directory', 20, failing), /the encoder broke/);
+        const listed = await snapshots.list('directory');
+        assert.deepEqual(
+          listed.map((s) => s.position),
+          [10],
+        );
+        assert.deepEqual(await read(listed[0]!), [[1]]);
+      });
+
+      it('refuses bad names and positions with bad_request', async () => {
+        const snapshots = store((await subject()).log);
+        await rejectsWith(snapshots.save('Bad/Name', 1, []), 'bad_request');
+        await rejectsWith(snapshots.save('directory', -1, []), 'bad_request');
+        await rejectsWith(snapshots.save('directory', 1.5, []), 'bad_request');
+        await rejectsWith(snapshots.list('../x'), 'bad_request');
+      });
+
+      it('finishes a save already started when the log closes, then refuses with store_closed', async () => {
+        const { log } = await subject();
+        const snapshots = store(log);
+        let release!: () => void;
+        const gate = new Promise<void>((resolve) => {
+          release = resolve;
+        });
+        const slow = (async function* () {
+          yield bytes(1);
+          await gate;
+          yield bytes(2);
+        })();
+        const saving = snapshots.save('directory', 7, slow);
+        const closing = log.close();
+        release();
+        await saving;
+        await closing;
+        await rejectsWith(snapshots.save('directory', 8, [bytes(3)]), 'store_closed');
+        await rejectsWith(snapshots.list('directory'), 'store_closed');
+      });
+
+      if (opts.durable) {
+        it('keeps snapshots across close and reopen', async () => {
+          const s = await subject();
+          assert.ok(s.reopen, 'a durable subject provides reopen');
+          await store(s.log).save('directory', 3, [bytes(1, 2, 3), bytes(4)]);
+          await s.log.close();
+          const log = await s.reopen();
+          opened.push(log);
+          const listed = await store(log).list('directory');
+          assert.deepEqual(
+            listed.map((x) => x.position),
+            [3],
+          );
+          assert.deepEqual(await read(listed[0]!), [[1, 2, 3], [4]]);
         });
       }
     });
