@@ -44,6 +44,7 @@ import {
   machineBusyMicros,
   percentile,
   ROOT,
+  resultsSection,
   type Service,
   startService,
   statusKiB,
@@ -880,44 +881,24 @@ ${measuredOn(started, t.otherCores)}`,
 export function mergeControlPlaneSection(existing: string, fresh: Map<string, string>): string {
   const start = existing.indexOf(`\n${HEADING}`);
   const old = start >= 0 ? existing.slice(start + 1) : '';
-  const subsections = new Map<string, string>();
-  for (const part of old.split(/^### /m).slice(1)) {
-    const nl = part.indexOf('\n');
-    subsections.set(part.slice(0, nl).trim(), part.slice(nl + 1).trim());
-  }
-  for (const [name, body] of fresh) subsections.set(name, body);
-  // The analyses are written by hand and kept across runs, next to the figures they explain.
-  const order = [
-    'Edge start-up (log replay)',
-    STARTUP_ANALYSIS,
-    'API throughput',
-    API_ANALYSIS,
-    'DNS queries',
-    `${TUNNELS} concurrently registered tunnels`,
-  ];
-  const names = [
-    ...order.filter((n) => subsections.has(n)),
-    ...[...subsections.keys()].filter((n) => !order.includes(n)),
-  ];
-  const targets = names.flatMap((n) =>
-    subsections
-      .get(n)!
-      .split('\n')
-      .filter((l) => l.startsWith('**Target**'))
-      .map((l) => `- ${l.replace(/^\*\*Target\*\*: /, '')}`),
-  );
   const head = start >= 0 ? existing.slice(0, start + 1) : `${existing.trimEnd()}\n\n`;
-  return `${head}${HEADING}
-
-Written by \`npm run bench -- --only ${CONTROL_PLANE_SECTIONS.join(',')} --write\` (bench/control-plane.ts); a run of
+  return `${head}${resultsSection({
+    heading: HEADING,
+    intro: `Written by \`npm run bench -- --only ${CONTROL_PLANE_SECTIONS.join(',')} --write\` (bench/control-plane.ts); a run of
 some of them replaces only their subsections. Each edge is its own Node process on a LevelDB log in a
-temporary directory; all traffic is on 127.0.0.1.
-
-Targets:
-
-${targets.join('\n')}
-
-${names.map((n) => `### ${n}\n\n${subsections.get(n)}\n`).join('\n')}`;
+temporary directory; all traffic is on 127.0.0.1.`,
+    previous: old,
+    fresh,
+    // The analyses are written by hand and kept across runs, next to the figures they explain.
+    order: [
+      'Edge start-up (log replay)',
+      STARTUP_ANALYSIS,
+      'API throughput',
+      API_ANALYSIS,
+      'DNS queries',
+      `${TUNNELS} concurrently registered tunnels`,
+    ],
+  })}`;
 }
 
 /** The control-plane section of a RESULTS.md, to carry over when the data-plane part is rewritten. */

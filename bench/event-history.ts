@@ -25,6 +25,7 @@ import { type ZoneCommand, zoneDecider, zoneStream } from '../src/events/zone.ts
 import type { Clock } from '../src/shared/clock.ts';
 import type { EventLog, NewEvent } from '../src/store/event-log.ts';
 import { openLevelEventLog } from '../src/store/level-event-log.ts';
+import { mulberry32 } from '../test/support/mulberry32.ts';
 
 export interface HistoryInit {
   /** Roughly how many events to write (the count comes out within a few percent). */
@@ -61,18 +62,6 @@ const POPS = ['ams', 'fra', 'sin'];
 const PIPELINE = 512;
 const CLEANUP_WINDOW = { minMs: 24 * 3_600_000, maxMs: 48 * 3_600_000 };
 
-/** mulberry32: small, fast, good enough to shape a benchmark. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 interface TunnelPlan {
   tunnelId: string;
   name: string;
@@ -86,7 +75,7 @@ interface TunnelPlan {
 }
 
 export async function writeHistory(dataDir: string, init: HistoryInit): Promise<HistoryCounts> {
-  const random = prng(init.seed ?? 1);
+  const random = mulberry32(init.seed ?? 1);
   const hex = (bytes: number) => {
     let s = '';
     for (let i = 0; i < bytes; i++)

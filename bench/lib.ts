@@ -560,3 +560,43 @@ export function writeUploadFile(file: string): void {
     fs.closeSync(fd);
   }
 }
+
+/**
+ * A section of RESULTS.md: `heading`, `intro`, the targets its subsections state, then the subsections.
+ * Those are `previous`'s (the section as it stands, or '') with `fresh` replacing or adding some, so that
+ * a run of some benchmarks keeps the figures of the others; they go in `order`, then any others.
+ */
+export function resultsSection(opts: {
+  heading: string;
+  intro: string;
+  previous: string;
+  fresh: Map<string, string>;
+  order: readonly string[];
+}): string {
+  const subsections = new Map<string, string>();
+  for (const part of opts.previous.split(/^### /m).slice(1)) {
+    const nl = part.indexOf('\n');
+    subsections.set(part.slice(0, nl).trim(), part.slice(nl + 1).trim());
+  }
+  for (const [name, body] of opts.fresh) subsections.set(name, body);
+  const names = [
+    ...opts.order.filter((n) => subsections.has(n)),
+    ...[...subsections.keys()].filter((n) => !opts.order.includes(n)),
+  ];
+  const targets = names.flatMap((n) =>
+    subsections
+      .get(n)!
+      .split('\n')
+      .filter((l) => l.startsWith('**Target**'))
+      .map((l) => `- ${l.replace(/^\*\*Target\*\*: /, '')}`),
+  );
+  return `${opts.heading}
+
+${opts.intro}
+
+Targets:
+
+${targets.join('\n')}
+
+${names.map((n) => `### ${n}\n\n${subsections.get(n)}\n`).join('\n')}`;
+}

@@ -42,6 +42,7 @@ import {
   machineBusyMicros,
   percentile,
   ROOT,
+  resultsSection,
   run,
   type Service,
   startService,
@@ -294,6 +295,32 @@ async function rssMedianKiB(pid: number): Promise<number> {
 const edgeUp = /Warren edge "[^"]*" is up\./;
 const edgeAddresses = /visitors: http:\/\/[^\s:]+:(\d+)[\s\S]*?API:\s+(http:\/\/\S+)/;
 
+/** Node arguments for `warren edge` on `dataDir` at warn level, no DNS listener, on `ports` (0: any free). */
+function edgeArgs(dataDir: string, ports = { visitor: 0, tunnel: 0, api: 0 }): string[] {
+  return [
+    ...['--import', 'tsx', CLI, 'edge', '--data-dir', dataDir, '--loglevel', 'warn', '--no-dns-listen'],
+    ...['--listen', `127.0.0.1:${ports.visitor}`, '--tunnel-listen', `127.0.0.1:${ports.tunnel}`],
+    ...['--api-listen', `127.0.0.1:${ports.api}`],
+  ];
+}
+
+/** An edge on any free ports (node run with `nodeFlags` first), once it has printed its addresses. */
+async function startEdgeOnAnyPorts(
+  label: string,
+  dataDir: string,
+  env: NodeJS.ProcessEnv,
+  nodeFlags: string[] = [],
+): Promise<{ service: Service; visitorPort: number; apiUrl: string }> {
+  const { service, match } = await startService(
+    label,
+    [...nodeFlags, ...edgeArgs(dataDir)],
+    edgeAddresses,
+    30_000,
+    env,
+  );
+  return { service, visitorPort: Number(match[1]), apiUrl: match[2]! };
+}
+
 async function startOrigin(): Promise<{ service: Service; url: string }> {
   const { service, match } = await startService(
     'origin',
@@ -340,14 +367,10 @@ async function restartBench(originUrl: string): Promise<RestartFigures> {
   const [visitorPort, tunnelPort, apiPort] = [await freePort(), await freePort(), await freePort()];
   const apiUrl = `http://127.0.0.1:${apiPort}`;
   // Defaults everywhere else: heartbeats, drain timeout, visitor hold (5 s); no DNS listener needed.
-  const edgeArgs = [
-    ...['--import', 'tsx', CLI, 'edge', '--data-dir', dataDir, '--loglevel', 'warn', '--no-dns-listen'],
-    ...['--listen', `127.0.0.1:${visitorPort}`, '--tunnel-listen', `127.0.0.1:${tunnelPort}`],
-    ...['--api-listen', `127.0.0.1:${apiPort}`],
-  ];
+  const args = edgeArgs(dataDir, { visitor: visitorPort, tunnel: tunnelPort, api: apiPort });
   const startEdge = async (label: string) => {
     const spawnedAt = performance.now();
-    const { service } = await startService(label, edgeArgs, edgeUp, 30_000, env);
+    const { service } = await startService(label, args, edgeUp, 30_000, env);
     const upAt = performance.now();
     return { service, upAt, startMs: upAt - spawnedAt };
   };
@@ -536,23 +559,13 @@ async function namedTunnel(): Promise<NamedTunnel> {
   const init = await cli(['edge', 'init', '--data-dir', dataDir], env);
   const token = init.match(/API token: (wrn_\S+)/)?.[1];
   if (!token) throw new BenchError(`edge init printed no token:\n${init}`);
-  const { service: edge, match } = await startService(
-    'edge (rolling)',
-    [
-      ...['--import', 'tsx', CLI, 'edge', '--data-dir', dataDir, '--loglevel', 'warn', '--no-dns-listen'],
-      ...['--listen', '127.0.0.1:0', '--tunnel-listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0'],
-    ],
-    edgeAddresses,
-    30_000,
-    env,
-  );
-  const apiUrl = match[2]!;
+  const { service: edge, visitorPort, apiUrl } = await startEdgeOnAnyPorts('edge (rolling)', dataDir, env);
   await cli(['login', '--edge-api', apiUrl, '--token', token], env);
   const created = await cli(['tunnel', 'create', 'bench-rolling'], env);
   const id = created.match(/with id ([0-9a-f-]{36})/)?.[1];
   if (!id) throw new BenchError(`tunnel create printed no id:\n${created}`);
   await cli(['tunnel', 'route', 'dns', 'bench-rolling', ROLLING_HOST], env);
-  return { edge, visitorPort: Number(match[1]), apiUrl, env, credentialsFile: path.join(home, `${id}.json`) };
+  return { edge, visitorPort, apiUrl, env, credentialsFile: path.join(home, `${id}.json`) };
 }
 
 interface Replica {
@@ -685,18 +698,7 @@ interface IdleEdge {
 async function startIdleEdge(label: string, nodeFlags: string[]): Promise<IdleEdge> {
   const env = cleanEnv();
   const dataDir = tempDir('warren-bench-idle-');
-  const { service, match } = await startService(
-    label,
-    [
-      ...nodeFlags,
-      ...['--import', 'tsx', CLI, 'edge', '--data-dir', dataDir, '--loglevel', 'warn', '--no-dns-listen'],
-      ...['--listen', '127.0.0.1:0', '--tunnel-listen', '127.0.0.1:0', '--api-listen', '127.0.0.1:0'],
-    ],
-    edgeAddresses,
-    30_000,
-    env,
-  );
-  const apiUrl = match[2]!;
+  const { service, apiUrl } = await startEdgeOnAnyPorts(label, dataDir, env, nodeFlags);
   const { service: agents } = await startService(
     `${label} light agents`,
     ['--import', 'tsx', SELF, 'light-agents', apiUrl],
@@ -1250,34 +1252,15 @@ export function resilienceSectionOf(text: string): string {
  */
 export function mergeResilienceSection(existing: string, fresh: Map<string, string>): string {
   const old = resilienceSectionOf(existing);
-  const subs = new Map<string, string>();
-  for (const part of old.split(/^### /m).slice(1)) {
-    const nl = part.indexOf('\n');
-    subs.set(part.slice(0, nl).trim(), part.slice(nl + 1).trim());
-  }
-  for (const [name, body] of fresh) subs.set(name, body);
-  const names = [
-    ...SUBSECTIONS.filter((n) => subs.has(n)),
-    ...[...subs.keys()].filter((n) => !SUBSECTIONS.includes(n)),
-  ];
-  const targets = names.flatMap((n) =>
-    subs
-      .get(n)!
-      .split('\n')
-      .filter((l) => l.startsWith('**Target**'))
-      .map((l) => `- ${l.replace(/^\*\*Target\*\*: /, '')}`),
-  );
-  const section = `${HEADING}
-
-Written by \`npm run bench -- --only ${RESILIENCE_SECTIONS.join(',')} --write\` (bench/resilience.ts), issue "Connections
+  const section = resultsSection({
+    heading: HEADING,
+    intro: `Written by \`npm run bench -- --only ${RESILIENCE_SECTIONS.join(',')} --write\` (bench/resilience.ts), issue "Connections
 that survive anything"; a run of some of them replaces only their subsections. Edges and agents are
-\`warren\` CLI processes, all traffic is on 127.0.0.1.
-
-Targets:
-
-${targets.join('\n')}
-
-${names.map((n) => `### ${n}\n\n${subs.get(n)}\n`).join('\n')}`;
+\`warren\` CLI processes, all traffic is on 127.0.0.1.`,
+    previous: old,
+    fresh,
+    order: SUBSECTIONS,
+  });
   if (old) return existing.replace(old, () => `${section}\n`);
   const controlPlane = existing.search(/^## Control plane/m);
   if (controlPlane >= 0)

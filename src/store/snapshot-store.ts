@@ -78,6 +78,12 @@ function assertPosition(position: number): void {
   }
 }
 
+function assertPageSize(page: Uint8Array): void {
+  if (page.length > MAX_SNAPSHOT_PAGE_BYTES) {
+    throw new WarrenError('bad_request', `snapshot page of ${page.length} bytes is too large`);
+  }
+}
+
 function closedError(): WarrenError {
   return new WarrenError('store_closed', 'the snapshot store is closed');
 }
@@ -104,21 +110,12 @@ class Queue {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Files
-
-/** The snapshots of a LevelDB event log, in `dir` (created on the first save). */
-export function openFileSnapshotStore(dir: string): SnapshotStore {
-  return new FileSnapshotStore(dir);
-}
-
-class FileSnapshotStore implements SnapshotStore {
-  readonly #dir: string;
+/**
+ * What both stores share: arguments are checked at the call (a bad one rejects at once), then the
+ * operation waits its turn in one queue, which `close` drains.
+ */
+abstract class QueuedSnapshotStore implements SnapshotStore {
   readonly #queue = new Queue();
-
-  constructor(dir: string) {
-    this.#dir = dir;
-  }
 
   save(
     name: string,
@@ -131,10 +128,57 @@ class FileSnapshotStore implements SnapshotStore {
     } catch (err) {
       return Promise.reject(err);
     }
-    return this.#queue.run(() => this.#save(name, position, pages));
+    return this.#queue.run(() => this.saveInTurn(name, position, pages));
   }
 
-  async #save(
+  list(name: string): Promise<StoredSnapshot[]> {
+    try {
+      assertName(name);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#queue.run(() => this.listInTurn(name));
+  }
+
+  delete(name: string): Promise<void> {
+    try {
+      assertName(name);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#queue.run(() => this.deleteInTurn(name));
+  }
+
+  close(): Promise<void> {
+    return this.#queue.close();
+  }
+
+  protected abstract saveInTurn(
+    name: string,
+    position: number,
+    pages: Iterable<Uint8Array> | AsyncIterable<Uint8Array>,
+  ): Promise<void>;
+  protected abstract listInTurn(name: string): Promise<StoredSnapshot[]>;
+  protected abstract deleteInTurn(name: string): Promise<void>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/** The snapshots of a LevelDB event log, in `dir` (created on the first save). */
+export function openFileSnapshotStore(dir: string): SnapshotStore {
+  return new FileSnapshotStore(dir);
+}
+
+class FileSnapshotStore extends QueuedSnapshotStore {
+  readonly #dir: string;
+
+  constructor(dir: string) {
+    super();
+    this.#dir = dir;
+  }
+
+  protected async saveInTurn(
     name: string,
     position: number,
     pages: Iterable<Uint8Array> | AsyncIterable<Uint8Array>,
@@ -152,9 +196,7 @@ class FileSnapshotStore implements SnapshotStore {
       let count = 0;
       for await (const page of pages) {
         if (page.length === 0) continue; // a zero length marks the end
-        if (page.length > MAX_SNAPSHOT_PAGE_BYTES) {
-          throw new WarrenError('bad_request', `snapshot page of ${page.length} bytes is too large`);
-        }
+        assertPageSize(page);
         const crc = u32(crc32(page));
         summary = crc32(crc, summary);
         await fh.writev([u32(page.length), page, crc]);
@@ -174,36 +216,18 @@ class FileSnapshotStore implements SnapshotStore {
     for (const f of older) await rm(join(this.#dir, f.file), { force: true });
   }
 
-  list(name: string): Promise<StoredSnapshot[]> {
-    try {
-      assertName(name);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    return this.#queue.run(async () =>
-      (await this.#files(name))
-        .filter((f) => !f.tmp)
-        .map((f) => ({
-          name,
-          position: f.position,
-          pages: () => readPages(join(this.#dir, f.file), name, f.position),
-        })),
-    );
+  protected async listInTurn(name: string): Promise<StoredSnapshot[]> {
+    return (await this.#files(name))
+      .filter((f) => !f.tmp)
+      .map((f) => ({
+        name,
+        position: f.position,
+        pages: () => readPages(join(this.#dir, f.file), name, f.position),
+      }));
   }
 
-  delete(name: string): Promise<void> {
-    try {
-      assertName(name);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    return this.#queue.run(async () => {
-      for (const f of await this.#files(name)) await rm(join(this.#dir, f.file), { force: true });
-    });
-  }
-
-  close(): Promise<void> {
-    return this.#queue.close();
+  protected async deleteInTurn(name: string): Promise<void> {
+    for (const f of await this.#files(name)) await rm(join(this.#dir, f.file), { force: true });
   }
 
   /** Snapshot files of `name`, highest position first. */
@@ -319,65 +343,36 @@ export function openMemorySnapshotStore(): SnapshotStore {
   return new MemorySnapshotStore();
 }
 
-class MemorySnapshotStore implements SnapshotStore {
+class MemorySnapshotStore extends QueuedSnapshotStore {
   readonly #snapshots = new Map<string, { position: number; pages: Uint8Array[] }[]>();
-  readonly #queue = new Queue();
 
-  save(
+  protected async saveInTurn(
     name: string,
     position: number,
     pages: Iterable<Uint8Array> | AsyncIterable<Uint8Array>,
   ): Promise<void> {
-    try {
-      assertName(name);
-      assertPosition(position);
-    } catch (err) {
-      return Promise.reject(err);
+    const copies: Uint8Array[] = [];
+    for await (const page of pages) {
+      assertPageSize(page);
+      if (page.length > 0) copies.push(Uint8Array.prototype.slice.call(page));
     }
-    return this.#queue.run(async () => {
-      const copies: Uint8Array[] = [];
-      for await (const page of pages) {
-        if (page.length > MAX_SNAPSHOT_PAGE_BYTES) {
-          throw new WarrenError('bad_request', `snapshot page of ${page.length} bytes is too large`);
-        }
-        if (page.length > 0) copies.push(Uint8Array.prototype.slice.call(page));
-      }
-      const kept = (this.#snapshots.get(name) ?? []).filter((s) => s.position !== position);
-      kept.push({ position, pages: copies });
-      kept.sort((a, b) => b.position - a.position);
-      this.#snapshots.set(name, kept.slice(0, SNAPSHOTS_KEPT));
-    });
+    const kept = (this.#snapshots.get(name) ?? []).filter((s) => s.position !== position);
+    kept.push({ position, pages: copies });
+    kept.sort((a, b) => b.position - a.position);
+    this.#snapshots.set(name, kept.slice(0, SNAPSHOTS_KEPT));
   }
 
-  list(name: string): Promise<StoredSnapshot[]> {
-    try {
-      assertName(name);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    return this.#queue.run(async () =>
-      (this.#snapshots.get(name) ?? []).map((s) => ({
-        name,
-        position: s.position,
-        pages: async function* () {
-          yield* s.pages;
-        },
-      })),
-    );
+  protected async listInTurn(name: string): Promise<StoredSnapshot[]> {
+    return (this.#snapshots.get(name) ?? []).map((s) => ({
+      name,
+      position: s.position,
+      pages: async function* () {
+        yield* s.pages;
+      },
+    }));
   }
 
-  delete(name: string): Promise<void> {
-    try {
-      assertName(name);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    return this.#queue.run(async () => {
-      this.#snapshots.delete(name);
-    });
-  }
-
-  close(): Promise<void> {
-    return this.#queue.close();
+  protected async deleteInTurn(name: string): Promise<void> {
+    this.#snapshots.delete(name);
   }
 }

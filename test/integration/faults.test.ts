@@ -5,15 +5,14 @@
  * after a crash (the agent reconnects and the quick tunnel, kept in the LevelDB log, serves again).
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { type Response, request, requestStream } from '../support/http.ts';
+import { collectText, type Response, request, requestStream } from '../support/http.ts';
 import { startTestOrigin, type TestOrigin } from '../support/origin.ts';
 import {
   type EdgeProcess,
+  edgeRestartSuite,
   killAll,
+  restartEdgeProcess,
   startEdgeProcess,
   startTunnelProcess,
   type TunnelProcess,
@@ -92,54 +91,34 @@ describe('agent faults (edge and agents as processes)', () => {
     const agent = await startTunnelProcess(origin.url, edge.apiUrl);
     const res = await requestStream({ port: edge.visitorPort, host: agent.hostname, path: '/slow' });
     assert.equal(res.statusCode, 200);
-    let body = '';
-    res.setEncoding('utf8');
-    const ended = new Promise<void>((resolve, reject) => {
-      res.on('data', (s: string) => {
-        body += s;
-      });
-      res.once('end', resolve);
-      res.once('error', reject);
-      res.once('aborted', () => reject(new Error('the response was aborted')));
-    });
-    await waitFor(() => body === 'slow start\n', { timeoutMs: 5000, message: 'the first part of /slow' });
+    const { text, ended } = collectText(res);
+    await waitFor(() => text() === 'slow start\n', { timeoutMs: 5000, message: 'the first part of /slow' });
 
     agent.signal('SIGINT');
     await agent.waitForStderr(/SIGINT: shutting down gracefully/, 5000);
     // The agent unregistered: the edge routes nothing new to it, while the slow response is still open.
     await waitForNoTunnel(edge.visitorPort, agent.hostname, 5000);
-    assert.equal(body, 'slow start\n');
+    assert.equal(text(), 'slow start\n');
     assert.ok(agent.running, 'the agent waits for the in-flight response');
 
     origin.release();
     await withDeadline(ended, 5000, 'the rest of /slow');
-    assert.equal(body, 'slow start\nslow end\n');
+    assert.equal(text(), 'slow start\nslow end\n');
     const exit = await agent.waitExit(10_000);
     assert.deepEqual(exit, { code: 0, signal: null });
   });
 });
 
 describe('edge restart (LevelDB data dir, same ports)', () => {
-  let origin: TestOrigin;
-  const dirs: string[] = [];
-  before(async () => {
-    origin = await startTestOrigin();
-  });
-  after(async () => {
-    await killAll();
-    await origin?.close();
-    await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
-  });
+  const suite = edgeRestartSuite();
 
   // One agent per scenario: a connection lost within 10 s of the last one keeps backing off from where
   // the previous outage left it, so a shared agent would make the second outage's wait much longer.
   for (const stop of ['SIGTERM', 'SIGKILL'] as const) {
     it(`${stop} of the edge: the agent reconnects to the restarted edge and the quick tunnel serves again`, async (t) => {
-      const dir = await mkdtemp(path.join(os.tmpdir(), 'warren-edge-'));
-      dirs.push(dir);
-      const common = ['--data-dir', dir, '--drain-timeout', '2s'];
+      const common = await suite.dataDirArgs();
       const first = await startEdgeProcess(common);
-      const agent: TunnelProcess = await startTunnelProcess(origin.url, first.apiUrl);
+      const agent: TunnelProcess = await startTunnelProcess(suite.origin.url, first.apiUrl);
       await expectServed(first.visitorPort, agent.hostname);
 
       first.signal(stop);
@@ -149,15 +128,7 @@ describe('edge restart (LevelDB data dir, same ports)', () => {
       await assert.rejects(visit(first.visitorPort, agent.hostname), /ECONNREFUSED/);
 
       const restartedAt = performance.now();
-      const second = await startEdgeProcess([
-        ...common,
-        '--listen',
-        `127.0.0.1:${first.visitorPort}`,
-        '--tunnel-listen',
-        `127.0.0.1:${first.tunnelPort}`,
-        '--api-listen',
-        `127.0.0.1:${first.apiPort}`,
-      ]);
+      const second = await restartEdgeProcess(first, common);
       assert.deepEqual(
         [second.visitorPort, second.tunnelPort, second.apiPort],
         [first.visitorPort, first.tunnelPort, first.apiPort],

@@ -8,14 +8,12 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import v8 from 'node:v8';
 import vm from 'node:vm';
-import { Registry } from 'prom-client';
-import { type Agent, defaultAgentConfig, startAgent } from '../../src/agent/agent.ts';
+import type { Agent } from '../../src/agent/agent.ts';
 import { requestQuickTunnel } from '../../src/agent/quick-tunnel.ts';
-import { systemClock } from '../../src/shared/clock.ts';
-import { silentLogger } from '../../src/shared/log.ts';
 import { type FaultProxy, startFaultProxy } from '../support/fault-proxy.ts';
 import { startTestOrigin, type TestOrigin } from '../support/origin.ts';
 import { type EdgeProcess, killAll, startEdgeProcess } from '../support/processes.ts';
+import { startTestAgent } from '../support/stack.ts';
 import { waitFor } from '../support/wait.ts';
 
 v8.setFlagsFromString('--expose-gc');
@@ -72,16 +70,10 @@ describe('reconnect leak check', () => {
 
   it(`${CYCLES} reconnect cycles leave the agent's handles, timers, listeners and heap flat`, async (t) => {
     const quick = await requestQuickTunnel(edge.apiUrl);
-    agent = await startAgent(
-      { clock: systemClock, log: silentLogger, registry: new Registry() },
-      {
-        ...defaultAgentConfig,
-        haConnections: 1,
-        gracePeriodMs: 1000,
-        backoff: { baseMs: 1, capMs: 5, healthyAfterMs: 60_000 },
-        credentials: { ...quick.credentials, edge: { ...quick.credentials.edge, port: proxy.port } },
-        origin: { originUrl: new URL(origin.url) },
-      },
+    agent = await startTestAgent(
+      { ...quick.credentials, edge: { ...quick.credentials.edge, port: proxy.port } },
+      origin.url,
+      { haConnections: 1, gracePeriodMs: 1000, backoff: { baseMs: 1, capMs: 5, healthyAfterMs: 60_000 } },
     );
     await agent.firstRegistration;
     const running = agent;

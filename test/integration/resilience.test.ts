@@ -13,12 +13,9 @@
  *   - SIGTERM to an agent in the middle of a 30 s streaming response: the response completes.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Registry } from 'prom-client';
-import { type Agent, type AgentConfig, defaultAgentConfig, startAgent } from '../../src/agent/agent.ts';
+import type { Agent, AgentConfig } from '../../src/agent/agent.ts';
 import { type QuickTunnel, requestQuickTunnel } from '../../src/agent/quick-tunnel.ts';
 import { defaultEdgeConfig, type Edge, startEdge } from '../../src/edge/edge.ts';
 import { systemClock } from '../../src/shared/clock.ts';
@@ -26,10 +23,17 @@ import { silentLogger } from '../../src/shared/log.ts';
 import type { EventLog } from '../../src/store/event-log.ts';
 import { openMemoryEventLog } from '../../src/store/memory-event-log.ts';
 import { type FaultProxy, startFaultProxy } from '../support/fault-proxy.ts';
-import { requestStream } from '../support/http.ts';
+import { collectText, requestStream } from '../support/http.ts';
 import { startLoad } from '../support/load.ts';
 import { startTestOrigin, type TestOrigin } from '../support/origin.ts';
-import { killAll, startEdgeProcess, startTunnelProcess } from '../support/processes.ts';
+import {
+  edgeRestartSuite,
+  killAll,
+  restartEdgeProcess,
+  startEdgeProcess,
+  startTunnelProcess,
+} from '../support/processes.ts';
+import { startTestAgent } from '../support/stack.ts';
 import { waitFor, withDeadline } from '../support/wait.ts';
 
 /** Both sides: a silent peer is dead after 3 × 200 ms. */
@@ -56,20 +60,13 @@ function startReplica(
   origin: TestOrigin,
   overrides: Partial<AgentConfig> = {},
 ): Promise<Agent> {
-  return startAgent(
-    { clock: systemClock, log: silentLogger, registry: new Registry() },
-    {
-      ...defaultAgentConfig,
-      ...HEARTBEAT,
-      haConnections: 4,
-      gracePeriodMs: 5000,
-      // Redial fast: these tests are about what is lost, not about how long backoff waits.
-      backoff: { baseMs: 50, capMs: 500, healthyAfterMs: 2000 },
-      ...overrides,
-      credentials: quick.credentials,
-      origin: { originUrl: new URL(origin.url) },
-    },
-  );
+  return startTestAgent(quick.credentials, origin.url, {
+    ...HEARTBEAT,
+    haConnections: 4,
+    // Redial fast: these tests are about what is lost, not about how long backoff waits.
+    backoff: { baseMs: 50, capMs: 500, healthyAfterMs: 2000 },
+    ...overrides,
+  });
 }
 
 /** The unregistration reasons the edge recorded for the tunnel's connections, in log order. */
@@ -108,7 +105,10 @@ describe('faults between agent and edge (fault proxy, in-process edge and agent)
 
   it('a black-holed connection is noticed on both sides, recorded lost and replaced; the load only loses what was on it', async (t) => {
     quick = await proxiedTunnel();
-    const agent = await startReplica(quick, origin);
+    // The agent's heartbeat gives up later (3 × 400 ms) than the edge's (3 × 200 ms), so the edge drops
+    // the dead session first and records it `lost`; the other way round, the agent's redial would
+    // replace it first and the log would say `replaced`.
+    const agent = await startReplica(quick, origin, { heartbeatIntervalMs: 400 });
     const concurrency = 8;
     await waitFor(() => agent.readyConnections === 4 && liveAtEdge(quick.credentials.tunnelId) === 4, {
       timeoutMs: 10_000,
@@ -222,23 +222,12 @@ describe('faults between agent and edge (fault proxy, in-process edge and agent)
 });
 
 describe('restarts with real processes', () => {
-  let origin: TestOrigin;
-  const dirs: string[] = [];
-  before(async () => {
-    origin = await startTestOrigin();
-  });
-  after(async () => {
-    await killAll();
-    await origin?.close();
-    await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
-  });
+  const suite = edgeRestartSuite();
 
   it('the edge restarted under steady load with one agent: no request fails', async (t) => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'warren-edge-'));
-    dirs.push(dir);
-    const common = ['--data-dir', dir, '--drain-timeout', '2s'];
+    const common = await suite.dataDirArgs();
     const first = await startEdgeProcess(common);
-    const agent = await startTunnelProcess(origin.url, first.apiUrl);
+    const agent = await startTunnelProcess(suite.origin.url, first.apiUrl);
     const load = startLoad({
       port: first.visitorPort,
       host: agent.hostname,
@@ -251,15 +240,7 @@ describe('restarts with real processes', () => {
       await load.succeeded(50, 10_000);
       first.signal('SIGTERM');
       assert.deepEqual(await first.waitExit(10_000), { code: 0, signal: null }, first.stderr);
-      await startEdgeProcess([
-        ...common,
-        '--listen',
-        `127.0.0.1:${first.visitorPort}`,
-        '--tunnel-listen',
-        `127.0.0.1:${first.tunnelPort}`,
-        '--api-listen',
-        `127.0.0.1:${first.apiPort}`,
-      ]);
+      await restartEdgeProcess(first, common);
       await load.succeeded(100, 15_000);
       const report = await load.stop();
       t.diagnostic(
@@ -275,7 +256,7 @@ describe('restarts with real processes', () => {
 
   it('SIGTERM to the agent during a 30 s streaming response: the response completes, the agent exits 0', async () => {
     const edge = await startEdgeProcess(['--memory']);
-    const agent = await startTunnelProcess(origin.url, edge.apiUrl);
+    const agent = await startTunnelProcess(suite.origin.url, edge.apiUrl);
     const events = 30;
     const res = await requestStream({
       port: edge.visitorPort,
@@ -283,17 +264,8 @@ describe('restarts with real processes', () => {
       path: `/sse?n=${events}`,
     });
     assert.equal(res.statusCode, 200);
-    let body = '';
-    res.setEncoding('utf8');
-    const ended = new Promise<void>((resolve, reject) => {
-      res.on('data', (s: string) => {
-        body += s;
-      });
-      res.once('end', resolve);
-      res.once('error', reject);
-      res.once('aborted', () => reject(new Error('the response was aborted')));
-    });
-    const received = () => (body.match(/^data: /gm) ?? []).length;
+    const { text, ended } = collectText(res);
+    const received = () => (text().match(/^data: /gm) ?? []).length;
     await waitFor(() => received() === 1, { timeoutMs: 5000, message: 'the first event' });
     agent.signal('SIGTERM');
     await agent.waitForStderr(/shutting down gracefully/, 5000);
@@ -301,7 +273,7 @@ describe('restarts with real processes', () => {
     // The pause is the workload (a response that streams for 30 s), not a wait for something to happen.
     for (let i = 2; i <= events; i++) {
       await new Promise<void>((resolve) => setTimeout(resolve, 1000));
-      origin.sse.next();
+      suite.origin.sse.next();
       await waitFor(() => received() === i, { timeoutMs: 5000, message: `event ${i}` });
     }
     await withDeadline(ended, 5000, 'the end of the stream');

@@ -5,28 +5,17 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { Registry } from 'prom-client';
-import { type Agent, defaultAgentConfig, startAgent } from '../../src/agent/agent.ts';
+import type { Agent } from '../../src/agent/agent.ts';
 import { type QuickTunnel, requestQuickTunnel } from '../../src/agent/quick-tunnel.ts';
 import type { Edge } from '../../src/edge/edge.ts';
-import { systemClock } from '../../src/shared/clock.ts';
-import { silentLogger } from '../../src/shared/log.ts';
 import { request } from '../support/http.ts';
 import { startLoad } from '../support/load.ts';
 import { startTestOrigin, type TestOrigin } from '../support/origin.ts';
-import { startTestEdge } from '../support/stack.ts';
+import { startTestAgent, startTestEdge } from '../support/stack.ts';
+import { waitFor } from '../support/wait.ts';
 
 function agentFor(quick: QuickTunnel, origin: TestOrigin): Promise<Agent> {
-  return startAgent(
-    { clock: systemClock, log: silentLogger, registry: new Registry() },
-    {
-      ...defaultAgentConfig,
-      haConnections: 2,
-      gracePeriodMs: 5000,
-      credentials: quick.credentials,
-      origin: { originUrl: new URL(origin.url) },
-    },
-  );
+  return startTestAgent(quick.credentials, origin.url, { haConnections: 2 });
 }
 
 async function holdCount(edge: Edge, outcome: string): Promise<number> {
@@ -128,7 +117,18 @@ describe('visitor hold', () => {
       const agent = await agentFor(quick, origin);
       await agent.firstRegistration;
       await agent.shutdown('graceful');
-      // recentMs 0: by the time a request arrives, the last connection left "too long" ago.
+      // recentMs 0: once the edge has let go of every connection and the clock has moved past the
+      // moment it did (as the routing table and the log each saw it), the tunnel is "long" gone.
+      const tunnelId = quick.credentials.tunnelId;
+      await waitFor(
+        () => {
+          if (edge.routing.connectionsOf(tunnelId).length > 0) return false;
+          const left = edge.routing.lastLiveAt(tunnelId) ?? 0;
+          const inactive = edge.controlPlane.directory.tunnels.get(tunnelId)?.inactiveAt ?? null;
+          return inactive !== null && Date.now() > Math.max(left, inactive);
+        },
+        { timeoutMs: 5000, message: 'the edge to record that the tunnel has no connection' },
+      );
       const started = Date.now();
       const res = await request({ port: edge.visitorPort, host: quick.hostname, path: '/', timeoutMs: 5000 });
       assert.equal(res.status, 530);

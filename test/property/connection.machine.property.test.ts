@@ -6,25 +6,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import type { EventObject } from 'xstate';
-import { createActor, fromCallback, fromPromise } from 'xstate';
+import { createActor } from 'xstate';
 import type { BackoffPolicy } from '../../src/actors/backoff.ts';
 import { backoffDelayMs } from '../../src/actors/backoff.ts';
-import type {
-  ConnectInput,
-  ConnectionSignal,
-  ConnectionStatus,
-  DrainInput,
-  LiveConnection,
-  WatchInput,
-} from '../../src/actors/connection.machine.ts';
-import {
-  connectionMachine,
-  connectionRefused,
-  connectionStatus,
-} from '../../src/actors/connection.machine.ts';
+import type { ConnectionSignal, ConnectionStatus } from '../../src/actors/connection.machine.ts';
+import { connectionRefused, connectionStatus } from '../../src/actors/connection.machine.ts';
 import { ManualClock } from '../../src/shared/clock.ts';
 import { WarrenError } from '../../src/shared/errors.ts';
+import { FakeEdge, flush } from '../support/fake-connection.ts';
+import { mulberry32 } from '../support/mulberry32.ts';
 
 const STATUSES: readonly ConnectionStatus[] = [
   'dialing',
@@ -88,120 +78,6 @@ const commandArb: fc.Arbitrary<Command> = fc.oneof(
 );
 
 // ---------------------------------------------------------------------------------------------
-// The fake edge: dials and drains settle only when a command says so.
-
-interface FakeConnection extends LiveConnection {
-  ended: 'aborted' | 'drained' | null;
-}
-
-interface Pending<T> {
-  input: T;
-  signal: AbortSignal;
-  settled: boolean;
-  resolve(): void;
-  reject(err: Error): void;
-}
-
-class FakeEdge {
-  readonly dials: Pending<ConnectInput>[] = [];
-  readonly drains: Pending<DrainInput>[] = [];
-  readonly watchers: { active: boolean; sendBack(signal: ConnectionSignal): void }[] = [];
-  readonly live = new Set<FakeConnection>();
-  resolutions = 0;
-  ends = 0;
-  #nextId = 1;
-
-  pendingDials() {
-    return this.dials.filter((d) => !d.settled);
-  }
-  pendingDrains() {
-    return this.drains.filter((d) => !d.settled);
-  }
-  activeWatchers() {
-    return this.watchers.filter((w) => w.active);
-  }
-
-  #end(conn: FakeConnection, how: 'aborted' | 'drained') {
-    if (conn.ended) return;
-    conn.ended = how;
-    this.ends++;
-    this.live.delete(conn);
-  }
-
-  machine() {
-    const pending = <T, R>(
-      list: Pending<T>[],
-      input: T,
-      signal: AbortSignal,
-      onResolve: (resolve: (value: R) => void) => void,
-    ) =>
-      new Promise<R>((resolve, reject) => {
-        const entry: Pending<T> = {
-          input,
-          signal,
-          settled: false,
-          resolve: () => {
-            entry.settled = true;
-            onResolve(resolve);
-          },
-          reject: (err) => {
-            entry.settled = true;
-            reject(err);
-          },
-        };
-        signal.addEventListener('abort', () => {
-          if (!entry.settled) entry.reject(signal.reason);
-        });
-        list.push(entry);
-      });
-
-    return connectionMachine.provide({
-      actors: {
-        connect: fromPromise<LiveConnection, ConnectInput>(({ input, signal }) =>
-          pending<ConnectInput, LiveConnection>(this.dials, input, signal, (resolve) => {
-            const conn: FakeConnection = {
-              connectionId: `c${this.#nextId++}`,
-              pop: 'lhr',
-              ended: null,
-              abort: () => this.#end(conn, 'aborted'),
-            };
-            this.resolutions++;
-            this.live.add(conn);
-            resolve(conn);
-          }),
-        ),
-        watch: fromCallback<EventObject, WatchInput>(({ sendBack }) => {
-          const watcher = { active: true, sendBack };
-          this.watchers.push(watcher);
-          return () => {
-            watcher.active = false;
-          };
-        }),
-        drain: fromPromise<void, DrainInput>(({ input, signal }) =>
-          pending<DrainInput, void>(this.drains, input, signal, (resolve) => {
-            this.#end(input.connection as FakeConnection, 'drained');
-            resolve();
-          }),
-        ),
-      },
-    });
-  }
-}
-
-const flush = () => new Promise<void>((resolve) => setImmediate(resolve));
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
 // The model: what the machine should be doing, derived independently of its implementation.
 
 interface Model {
@@ -234,7 +110,7 @@ describe('connection machine (model-based)', () => {
           const clock = new ManualClock();
           const edge = new FakeEdge();
           const replica = mulberry32(seed);
-          const actor = createActor(edge.machine(), {
+          const actor = createActor(edge.connectionMachine(), {
             clock,
             input: {
               connIndex: 1,
@@ -292,7 +168,7 @@ describe('connection machine (model-based)', () => {
               case 'connectOk': {
                 const dial = edge.pendingDials()[0];
                 if (dial) {
-                  dial.resolve();
+                  dial.succeed();
                   model.refusedInRow = 0;
                   enter('connected');
                 }
@@ -305,7 +181,7 @@ describe('connection machine (model-based)', () => {
                     retryable: true,
                     ...(cmd.retryAfterMs === undefined ? {} : { retryAfterMs: cmd.retryAfterMs }),
                   });
-                  dial.reject(err);
+                  dial.fail(err);
                   model.attempts++;
                   model.refusedInRow = 0;
                   if (model.attempts > (maxRetries ?? Number.POSITIVE_INFINITY)) {
@@ -321,7 +197,7 @@ describe('connection machine (model-based)', () => {
                 const dial = edge.pendingDials()[0];
                 if (dial) {
                   const err = connectionRefused('connect ECONNREFUSED');
-                  dial.reject(err);
+                  dial.fail(err);
                   model.attempts++;
                   model.refusedInRow++;
                   if (model.refusedInRow <= FLAT_RETRY_LIMIT) model.flatRetries++;
@@ -338,7 +214,7 @@ describe('connection machine (model-based)', () => {
                 const dial = edge.pendingDials()[0];
                 if (dial) {
                   const err = new WarrenError('tunnel_deleted', 'gone');
-                  dial.reject(err);
+                  dial.fail(err);
                   model.attempts++;
                   model.refusedInRow = 0;
                   model.error = err;
@@ -369,8 +245,8 @@ describe('connection machine (model-based)', () => {
               case 'drainSettles': {
                 const drain = edge.pendingDrains()[0];
                 if (drain) {
-                  if (cmd.ok) drain.resolve();
-                  else drain.reject(new WarrenError('session_closed', 'unregister failed'));
+                  if (cmd.ok) drain.finish();
+                  else drain.fail(new WarrenError('session_closed', 'unregister failed'));
                   enter('closed');
                 }
                 break;
@@ -415,7 +291,7 @@ describe('connection machine (model-based)', () => {
             assert.equal(snapshot.context.flatRetries, model.flatRetries, `flatRetries ${where}`);
 
             // Never more than one live connection, and exactly one where the status says so.
-            assert.ok(edge.resolutions - edge.ends <= 1, `${edge.resolutions - edge.ends} live ${where}`);
+            assert.ok(edge.handedOut - edge.ends <= 1, `${edge.handedOut - edge.ends} live ${where}`);
             const hasConnection = status === 'connected' || status === 'draining';
             assert.equal(edge.live.size, hasConnection ? 1 : 0, `live connections ${where}`);
             assert.equal(snapshot.context.connection, hasConnection ? [...edge.live][0] : null);

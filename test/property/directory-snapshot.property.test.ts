@@ -15,6 +15,7 @@ import {
   directorySnapshotPages,
   readDirectorySnapshot,
 } from '../../src/store/snapshot-codec.ts';
+import { assertSameDirectory } from '../support/same-directory.ts';
 
 const ACCOUNTS = ['a0', 'a1', 'a2'];
 const ZONES = ['z0.test', 'z1.test'];
@@ -202,22 +203,6 @@ function fold(events: readonly DirectoryEvent[], maxAudit: number): Directory {
   return d;
 }
 
-/** Plain data with every container's order kept, so that `deepStrictEqual` compares order too. */
-function ordered(value: unknown): unknown {
-  if (value instanceof Map) return { map: [...value].map(([k, v]) => [ordered(k), ordered(v)]) };
-  if (value instanceof Set) return { set: [...value].map(ordered) };
-  if (Array.isArray(value)) return value.map(ordered);
-  if (value !== null && typeof value === 'object') {
-    return { keys: Object.keys(value), values: Object.values(value).map(ordered) };
-  }
-  return value;
-}
-
-function assertSame(actual: Directory, expected: Directory): void {
-  assert.equal(actual.position, expected.position);
-  assert.deepStrictEqual(ordered(actual.exportState()), ordered(expected.exportState()));
-}
-
 async function* asPages(pages: Iterable<Uint8Array>): AsyncGenerator<Uint8Array> {
   yield* pages;
 }
@@ -262,25 +247,25 @@ describe('directory snapshot', () => {
 
           const head = fold(events.slice(0, cut), maxAudit);
           const restored = await roundTrip(head, head.exportState(), pageRows, events);
-          assertSame(restored, head);
+          assertSameDirectory(restored, head);
           for (const e of events.slice(cut)) restored.apply(e);
-          assertSame(restored, full);
+          assertSameDirectory(restored, full);
 
           // A copy taken at the cut, written while the original folds on, is the directory at the cut.
           const live = fold(events.slice(0, cut), maxAudit);
           const copy = captureDirectoryState(live.exportState());
           const at = live.position;
           for (const e of events.slice(cut)) live.apply(e);
-          assertSame(live, full);
+          assertSameDirectory(live, full);
           const fromCopy = await roundTrip(
             Object.assign(new Directory({ maxAuditEntriesPerAccount: maxAudit }), { position: at }),
             copy,
             pageRows,
             events,
           );
-          assertSame(fromCopy, head);
+          assertSameDirectory(fromCopy, head);
           for (const e of events.slice(cut)) fromCopy.apply(e);
-          assertSame(fromCopy, full);
+          assertSameDirectory(fromCopy, full);
         },
       ),
       { numRuns: 300 },

@@ -33,6 +33,8 @@ import {
 } from '../../src/actors/supervisor.machine.ts';
 import { ManualClock } from '../../src/shared/clock.ts';
 import { isWarrenError, WarrenError } from '../../src/shared/errors.ts';
+import { FakeEdge, flush } from '../support/fake-connection.ts';
+import { mulberry32 } from '../support/mulberry32.ts';
 
 const FLAT_RETRY_LIMIT = 2;
 const policy: BackoffPolicy = {
@@ -42,159 +44,6 @@ const policy: BackoffPolicy = {
   flatRetryLimit: FLAT_RETRY_LIMIT,
 };
 const gracePeriodMs = 5000;
-
-const flush = () => new Promise<void>((resolve) => setImmediate(resolve));
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
-// The fake edge: dials and drains settle only when the test says so.
-
-class FakeConnection implements LiveConnection {
-  ended: 'aborted' | 'drained' | null = null;
-  constructor(
-    readonly connectionId: string,
-    readonly connIndex: number,
-    readonly pop: string,
-    private readonly onEnd: (conn: FakeConnection) => void,
-  ) {}
-  abort(): void {
-    this.end('aborted');
-  }
-  end(how: 'aborted' | 'drained'): void {
-    if (this.ended) return;
-    this.ended = how;
-    this.onEnd(this);
-  }
-}
-
-interface PendingDial {
-  input: ConnectInput;
-  signal: AbortSignal;
-  settled: boolean;
-  succeed(): FakeConnection | null;
-  fail(err: Error): void;
-}
-
-interface PendingDrain {
-  connection: FakeConnection;
-  signal: AbortSignal;
-  settled: boolean;
-  finish(): void;
-  fail(err: Error): void;
-}
-
-interface Watcher {
-  connection: FakeConnection;
-  active: boolean;
-  sendBack(signal: ConnectionSignal): void;
-}
-
-class FakeEdge {
-  readonly dials: PendingDial[] = [];
-  readonly drains: PendingDrain[] = [];
-  readonly watchers: Watcher[] = [];
-  /** Handed out and not ended. */
-  readonly live = new Set<FakeConnection>();
-  handedOut = 0;
-  #nextId = 1;
-
-  pendingDials(): PendingDial[] {
-    return this.dials.filter((d) => !d.settled);
-  }
-  pendingDial(connIndex: number): PendingDial | undefined {
-    return this.dials.find((d) => !d.settled && d.input.connIndex === connIndex);
-  }
-  pendingDrains(): PendingDrain[] {
-    return this.drains.filter((d) => !d.settled);
-  }
-  pendingDrain(connIndex: number): PendingDrain | undefined {
-    return this.drains.find((d) => !d.settled && d.connection.connIndex === connIndex);
-  }
-  activeWatchers(): Watcher[] {
-    return this.watchers.filter((w) => w.active);
-  }
-  watcher(connIndex: number): Watcher | undefined {
-    return this.watchers.find((w) => w.active && w.connection.connIndex === connIndex);
-  }
-
-  machine() {
-    const connection = connectionMachine.provide({
-      actors: {
-        connect: fromPromise<LiveConnection, ConnectInput>(
-          ({ input, signal }) =>
-            new Promise<LiveConnection>((resolve, reject) => {
-              const dial: PendingDial = {
-                input,
-                signal,
-                settled: false,
-                succeed: () => {
-                  if (dial.settled) return null;
-                  dial.settled = true;
-                  const conn = new FakeConnection(`c${this.#nextId++}`, input.connIndex, 'lhr', (c) =>
-                    this.live.delete(c),
-                  );
-                  this.handedOut++;
-                  this.live.add(conn);
-                  // The contract of `connect`: a connection the machine never takes is closed.
-                  signal.addEventListener('abort', () => conn.abort(), { once: true });
-                  resolve(conn);
-                  return conn;
-                },
-                fail: (err) => {
-                  if (dial.settled) return;
-                  dial.settled = true;
-                  reject(err);
-                },
-              };
-              signal.addEventListener('abort', () => dial.fail(signal.reason), { once: true });
-              this.dials.push(dial);
-            }),
-        ),
-        watch: fromCallback<EventObject, WatchInput>(({ input, sendBack }) => {
-          const watcher: Watcher = { connection: input.connection as FakeConnection, active: true, sendBack };
-          this.watchers.push(watcher);
-          return () => {
-            watcher.active = false;
-          };
-        }),
-        drain: fromPromise<void, DrainInput>(
-          ({ input, signal }) =>
-            new Promise<void>((resolve, reject) => {
-              const drain: PendingDrain = {
-                connection: input.connection as FakeConnection,
-                signal,
-                settled: false,
-                finish: () => {
-                  if (drain.settled) return;
-                  drain.settled = true;
-                  drain.connection.end('drained');
-                  resolve();
-                },
-                fail: (err) => {
-                  if (drain.settled) return;
-                  drain.settled = true;
-                  reject(err);
-                },
-              };
-              signal.addEventListener('abort', () => drain.fail(signal.reason), { once: true });
-              this.drains.push(drain);
-            }),
-        ),
-      },
-    });
-    return supervisorMachine.provide({ actors: { connection } });
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The model.
@@ -228,7 +77,7 @@ interface Model {
 interface Real {
   clock: ManualClock;
   edge: FakeEdge;
-  actor: ReturnType<typeof createActor<ReturnType<FakeEdge['machine']>>>;
+  actor: ReturnType<typeof createActor<ReturnType<FakeEdge['supervisorMachine']>>>;
 }
 
 const isFinal = (s: SlotStatus) => s === 'closed' || s === 'failed';
@@ -633,8 +482,9 @@ function setupRun(opts: {
   seed: number;
 }) {
   const clock = new ManualClock();
-  const edge = new FakeEdge();
-  const actor = createActor(edge.machine(), {
+  // The fakes keep the `connect` contract described at the top of this file.
+  const edge = new FakeEdge({ closeUnclaimed: true });
+  const actor = createActor(edge.supervisorMachine(), {
     clock,
     input: {
       haConnections: opts.haConnections,

@@ -77,6 +77,24 @@ export async function requestStream(opts: RequestOptions): Promise<http.Incoming
   }
 }
 
+/**
+ * Reads a streamed response as text while it arrives: `text()` is what came so far, `ended` resolves
+ * at its end and rejects if it errs or is aborted.
+ */
+export function collectText(res: http.IncomingMessage): { text(): string; ended: Promise<void> } {
+  let body = '';
+  res.setEncoding('utf8');
+  const ended = new Promise<void>((resolve, reject) => {
+    res.on('data', (s: string) => {
+      body += s;
+    });
+    res.once('end', resolve);
+    res.once('error', reject);
+    res.once('aborted', () => reject(new Error('the response was aborted')));
+  });
+  return { text: () => body, ended };
+}
+
 /** Consumes a stream and returns its length and hex SHA-256. */
 export async function sha256Stream(
   readable: Readable | AsyncIterable<Buffer>,

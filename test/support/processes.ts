@@ -4,10 +4,15 @@
  * `after` hooks) and a last-resort `exit` hook SIGKILL whatever is left, so a failing test never
  * leaves an edge or an agent behind.
  */
+import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
+import { startTestOrigin, type TestOrigin } from './origin.ts';
 import { withDeadline } from './wait.ts';
 
 /** The repository root (where package.json and node_modules are), from this file's location. */
@@ -267,6 +272,66 @@ export async function startEdgeProcess(
     await proc.kill();
     throw err;
   }
+}
+
+/**
+ * A new `warren edge` on `first`'s visitor, tunnel and API ports (with `args`, typically the same data
+ * dir): a restart as agents and visitors see it, since they hold only those addresses. `first` must
+ * have exited, or the listens fail.
+ */
+export function restartEdgeProcess(
+  first: EdgeProcess,
+  args: string[],
+  opts: { timeoutMs?: number; env?: Record<string, string> } = {},
+): Promise<EdgeProcess> {
+  return startEdgeProcess(
+    [
+      ...args,
+      '--listen',
+      `127.0.0.1:${first.visitorPort}`,
+      '--tunnel-listen',
+      `127.0.0.1:${first.tunnelPort}`,
+      '--api-listen',
+      `127.0.0.1:${first.apiPort}`,
+    ],
+    opts,
+  );
+}
+
+export interface EdgeRestartSuite {
+  /** The test origin, started before the suite's tests. */
+  readonly origin: TestOrigin;
+  /** Flags for an edge on a new LevelDB data dir with a 2 s drain; the same flags restart it on that log. */
+  dataDirArgs(): Promise<string[]>;
+}
+
+/**
+ * Hooks for a `describe` of edge processes that restart on their data dir (call it in the describe's
+ * body): the test origin starts before its tests; after them every CLI process is killed, the origin
+ * closed and the data dirs removed.
+ */
+export function edgeRestartSuite(): EdgeRestartSuite {
+  let origin: TestOrigin | undefined;
+  const dirs: string[] = [];
+  before(async () => {
+    origin = await startTestOrigin();
+  });
+  after(async () => {
+    await killAll();
+    await origin?.close();
+    await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
+  });
+  return {
+    get origin() {
+      assert.ok(origin, 'the origin starts in the before hook');
+      return origin;
+    },
+    async dataDirArgs() {
+      const dir = await mkdtemp(path.join(os.tmpdir(), 'warren-edge-'));
+      dirs.push(dir);
+      return ['--data-dir', dir, '--drain-timeout', '2s'];
+    },
+  };
 }
 
 export interface TunnelProcess extends CliProcess {

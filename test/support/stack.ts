@@ -6,6 +6,7 @@
 import { Registry } from 'prom-client';
 import { type Agent, type AgentConfig, defaultAgentConfig, startAgent } from '../../src/agent/agent.ts';
 import { requestQuickTunnel } from '../../src/agent/quick-tunnel.ts';
+import type { TunnelCredentials } from '../../src/agent/tunnel-connection.ts';
 import { defaultEdgeConfig, type Edge, type EdgeConfig, startEdge } from '../../src/edge/edge.ts';
 import { systemClock } from '../../src/shared/clock.ts';
 import { type Logger, silentLogger } from '../../src/shared/log.ts';
@@ -67,9 +68,31 @@ export function startTestEdge(config: Partial<EdgeConfig> = {}, log: Logger = si
   );
 }
 
+/**
+ * An agent in this process serving `credentials` from `originUrl`: the product's defaults but a 5 s
+ * grace period (a failed test must not hang in shutdown), then `config` (its `origin`, if given, wins
+ * over `originUrl`).
+ */
+export function startTestAgent(
+  credentials: TunnelCredentials,
+  originUrl: string,
+  config: Partial<Omit<AgentConfig, 'credentials'>> = {},
+  log: Logger = silentLogger,
+): Promise<Agent> {
+  return startAgent(
+    { clock: systemClock, log, registry: new Registry() },
+    {
+      ...defaultAgentConfig,
+      gracePeriodMs: 5000,
+      ...config,
+      credentials,
+      origin: config.origin ?? { originUrl: new URL(originUrl) },
+    },
+  );
+}
+
 export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   const log = opts.log ?? silentLogger;
-  const clock = systemClock;
   const heartbeat = {
     ...(opts.heartbeatIntervalMs !== undefined ? { heartbeatIntervalMs: opts.heartbeatIntervalMs } : {}),
     ...(opts.heartbeatMissedLimit !== undefined ? { heartbeatMissedLimit: opts.heartbeatMissedLimit } : {}),
@@ -80,17 +103,11 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
   try {
     edge = await startTestEdge({ ...heartbeat, ...opts.edge }, log);
     const quick = await requestQuickTunnel(edge.apiUrl);
-    agent = await startAgent(
-      { clock, log, registry: new Registry() },
-      {
-        ...defaultAgentConfig,
-        haConnections: opts.haConnections ?? 1,
-        gracePeriodMs: 5000,
-        ...heartbeat,
-        ...opts.agent,
-        credentials: quick.credentials,
-        origin: opts.agent?.origin ?? { originUrl: new URL(opts.originUrl ?? origin.url) },
-      },
+    agent = await startTestAgent(
+      quick.credentials,
+      opts.originUrl ?? origin.url,
+      { haConnections: opts.haConnections ?? 1, ...heartbeat, ...opts.agent },
+      log,
     );
     await agent.firstRegistration;
     const started = edge;

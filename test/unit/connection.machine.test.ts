@@ -1,16 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { EventObject } from 'xstate';
-import { createActor, fromCallback, fromPromise } from 'xstate';
+import { createActor, fromCallback } from 'xstate';
 import type { BackoffPolicy } from '../../src/actors/backoff.ts';
 import { backoffDelayMs } from '../../src/actors/backoff.ts';
-import type {
-  ConnectInput,
-  ConnectionSignal,
-  DrainInput,
-  LiveConnection,
-  WatchInput,
-} from '../../src/actors/connection.machine.ts';
+import type { WatchInput } from '../../src/actors/connection.machine.ts';
 import {
   connectionMachine,
   connectionRefused,
@@ -18,162 +12,8 @@ import {
 } from '../../src/actors/connection.machine.ts';
 import { ManualClock } from '../../src/shared/clock.ts';
 import { isWarrenError, WarrenError } from '../../src/shared/errors.ts';
-
-// ---------------------------------------------------------------------------------------------
-// A fake edge: the test decides when each dial and drain settles; nothing waits on real time.
-
-class FakeConnection implements LiveConnection {
-  abortedWith: Error | null = null;
-  drained = false;
-  constructor(
-    readonly connectionId: string,
-    readonly pop: string,
-    private readonly ended: (conn: FakeConnection) => void,
-  ) {}
-  get live(): boolean {
-    return this.abortedWith === null && !this.drained;
-  }
-  abort(reason: Error): void {
-    if (!this.live) return;
-    this.abortedWith = reason;
-    this.ended(this);
-  }
-}
-
-interface Dial {
-  input: ConnectInput;
-  signal: AbortSignal;
-  /** Clock time the machine invoked `connect`. */
-  at: number;
-  settled: boolean;
-  succeed(): FakeConnection;
-  fail(err: unknown): void;
-}
-
-interface Watcher {
-  connection: LiveConnection;
-  active: boolean;
-  sendBack(signal: ConnectionSignal): void;
-}
-
-interface Drain {
-  input: DrainInput;
-  signal: AbortSignal;
-  settled: boolean;
-  finish(): void;
-  fail(err: Error): void;
-}
-
-class FakeEdge {
-  readonly dials: Dial[] = [];
-  readonly watchers: Watcher[] = [];
-  readonly drains: Drain[] = [];
-  readonly live = new Set<FakeConnection>();
-  #nextId = 1;
-
-  constructor(private readonly clock: ManualClock) {}
-
-  get lastDial(): Dial {
-    const dial = this.dials.at(-1);
-    assert.ok(dial, 'no dial yet');
-    return dial;
-  }
-
-  get lastDrain(): Drain {
-    const drain = this.drains.at(-1);
-    assert.ok(drain, 'no drain yet');
-    return drain;
-  }
-
-  get activeWatchers(): Watcher[] {
-    return this.watchers.filter((w) => w.active);
-  }
-
-  machine() {
-    return connectionMachine.provide({
-      actors: {
-        connect: fromPromise<LiveConnection, ConnectInput>(
-          ({ input, signal }) =>
-            new Promise<LiveConnection>((resolve, reject) => {
-              const dial: Dial = {
-                input,
-                signal,
-                at: this.clock.now(),
-                settled: false,
-                succeed: () => {
-                  assert.ok(!dial.settled, 'dial already settled');
-                  dial.settled = true;
-                  const conn = new FakeConnection(`c${this.#nextId++}`, 'lhr', (c) => this.live.delete(c));
-                  this.live.add(conn);
-                  resolve(conn);
-                  return conn;
-                },
-                fail: (err) => {
-                  assert.ok(!dial.settled, 'dial already settled');
-                  dial.settled = true;
-                  reject(err);
-                },
-              };
-              signal.addEventListener('abort', () => {
-                if (dial.settled) return;
-                dial.settled = true;
-                reject(signal.reason);
-              });
-              this.dials.push(dial);
-            }),
-        ),
-        watch: fromCallback<EventObject, WatchInput>(({ input, sendBack }) => {
-          const watcher: Watcher = { connection: input.connection, active: true, sendBack };
-          this.watchers.push(watcher);
-          return () => {
-            watcher.active = false;
-          };
-        }),
-        drain: fromPromise<void, DrainInput>(
-          ({ input, signal }) =>
-            new Promise<void>((resolve, reject) => {
-              const drain: Drain = {
-                input,
-                signal,
-                settled: false,
-                finish: () => {
-                  drain.settled = true;
-                  const conn = input.connection as FakeConnection;
-                  conn.drained = true;
-                  this.live.delete(conn);
-                  resolve();
-                },
-                fail: (err) => {
-                  drain.settled = true;
-                  reject(err);
-                },
-              };
-              signal.addEventListener('abort', () => {
-                drain.settled = true;
-                reject(signal.reason);
-              });
-              this.drains.push(drain);
-            }),
-        ),
-      },
-    });
-  }
-}
-
-/** Lets settled promises reach the machine: one macrotask turn drains every queued microtask. */
-const flush = () => new Promise<void>((resolve) => setImmediate(resolve));
-
-/** Deterministic [0, 1) source. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
+import { FakeEdge, flush } from '../support/fake-connection.ts';
+import { mulberry32 } from '../support/mulberry32.ts';
 
 const policy: BackoffPolicy = { baseMs: 1000, capMs: 8000, healthyAfterMs: 10_000 };
 const gracePeriodMs = 5000;
@@ -185,8 +25,8 @@ const retryable = (message = 'edge unreachable', retryAfterMs?: number) =>
 
 function start(opts: { random?: () => number; maxRetries?: number; backoff?: BackoffPolicy } = {}) {
   const clock = new ManualClock();
-  const edge = new FakeEdge(clock);
-  const actor = createActor(edge.machine(), {
+  const edge = new FakeEdge({ clock });
+  const actor = createActor(edge.connectionMachine(), {
     clock,
     input: {
       connIndex: 2,
@@ -237,8 +77,8 @@ describe('connection machine', () => {
     const conn = await t.succeedDial();
     assert.equal(t.status(), 'connected');
     assert.equal(t.context().connection, conn);
-    assert.equal(t.edge.activeWatchers.length, 1);
-    assert.equal(t.edge.activeWatchers[0]?.connection, conn);
+    assert.equal(t.edge.activeWatchers().length, 1);
+    assert.equal(t.edge.activeWatchers()[0]?.connection, conn);
     t.actor.stop();
   });
 
@@ -312,7 +152,7 @@ describe('connection machine', () => {
   it('heartbeat loss aborts the connection and reconnects', async () => {
     const t = start();
     const conn = await t.succeedDial();
-    const watcher = t.edge.activeWatchers[0];
+    const watcher = t.edge.activeWatchers()[0];
     assert.ok(watcher);
     watcher.sendBack({ type: 'HEARTBEAT_LOST' });
 
@@ -320,7 +160,7 @@ describe('connection machine', () => {
     assert.ok(isWarrenError(conn.abortedWith, 'heartbeat_timeout'));
     assert.ok(isWarrenError(t.context().lastError, 'heartbeat_timeout'));
     assert.equal(t.context().connection, null);
-    assert.equal(t.edge.activeWatchers.length, 0, 'the watcher stops with the connection');
+    assert.equal(t.edge.activeWatchers().length, 0, 'the watcher stops with the connection');
     assert.equal(t.edge.live.size, 0);
 
     t.waitOutBackoff();
@@ -336,7 +176,7 @@ describe('connection machine', () => {
     const t = start();
     const conn = await t.succeedDial();
     const cause = new WarrenError('protocol_error', 'bad frame', { retryable: true });
-    t.edge.activeWatchers[0]?.sendBack({ type: 'SOCKET_CLOSED', error: cause });
+    t.edge.activeWatchers()[0]?.sendBack({ type: 'SOCKET_CLOSED', error: cause });
     assert.equal(t.status(), 'reconnecting');
     assert.equal(conn.abortedWith, cause);
     assert.equal(t.context().lastError, cause);
@@ -362,9 +202,9 @@ describe('connection machine', () => {
 
   it('a watcher that crashes counts as a lost connection', async () => {
     const clock = new ManualClock();
-    const edge = new FakeEdge(clock);
+    const edge = new FakeEdge({ clock });
     const crash = new WarrenError('session_closed', 'watcher crashed', { retryable: true });
-    const machine = edge.machine().provide({
+    const machine = edge.connectionMachine().provide({
       actors: {
         watch: fromCallback<EventObject, WatchInput>(() => {
           throw crash;
@@ -457,7 +297,7 @@ describe('connection machine', () => {
     t.actor.send({ type: 'SHUTDOWN', mode: 'graceful' });
 
     assert.equal(t.status(), 'draining');
-    assert.equal(t.edge.activeWatchers.length, 0);
+    assert.equal(t.edge.activeWatchers().length, 0);
     assert.deepEqual(t.edge.lastDrain.input, { connection: conn, gracePeriodMs });
 
     t.actor.send({ type: 'SHUTDOWN', mode: 'graceful' });
@@ -532,7 +372,7 @@ describe('connection machine', () => {
     t.actor.send({ type: 'SHUTDOWN', mode: 'now' });
     assert.equal(t.status(), 'closed');
     assert.ok(isWarrenError(conn.abortedWith, 'session_closed'));
-    assert.equal(t.edge.activeWatchers.length, 0);
+    assert.equal(t.edge.activeWatchers().length, 0);
     assert.equal(t.edge.drains.length, 0);
     assert.equal(t.clock.pendingTimers, 0, 'the healthy timer is cancelled');
   });

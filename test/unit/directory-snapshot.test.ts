@@ -30,6 +30,7 @@ import {
   readDirectorySnapshot,
 } from '../../src/store/snapshot-codec.ts';
 import { openFileSnapshotStore } from '../../src/store/snapshot-store.ts';
+import { assertSameDirectory, ordered } from '../support/same-directory.ts';
 import { waitFor, withDeadline } from '../support/wait.ts';
 
 const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -103,22 +104,6 @@ async function fullFold(
   for await (const e of eventLog.readAll(position === undefined ? {} : { limit: position })) d.apply(e);
   await eventLog.close();
   return d;
-}
-
-/** Plain data with every container's order kept, so that `deepStrictEqual` compares order too. */
-function ordered(value: unknown): unknown {
-  if (value instanceof Map) return { map: [...value].map(([k, v]) => [ordered(k), ordered(v)]) };
-  if (value instanceof Set) return { set: [...value].map(ordered) };
-  if (Array.isArray(value)) return value.map(ordered);
-  if (value !== null && typeof value === 'object') {
-    return { keys: Object.keys(value), values: Object.values(value).map(ordered) };
-  }
-  return value;
-}
-
-function assertSameDirectory(actual: Directory, expected: Directory): void {
-  assert.equal(actual.position, expected.position);
-  assert.deepStrictEqual(ordered(actual.exportState()), ordered(expected.exportState()));
 }
 
 async function snapshotFiles(dataDir: string): Promise<string[]> {

@@ -1,16 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { EventObject } from 'xstate';
-import { createActor, fromCallback, fromPromise } from 'xstate';
+import { createActor } from 'xstate';
 import type { BackoffPolicy } from '../../src/actors/backoff.ts';
-import type {
-  ConnectInput,
-  ConnectionSignal,
-  DrainInput,
-  LiveConnection,
-  WatchInput,
-} from '../../src/actors/connection.machine.ts';
-import { connectionMachine } from '../../src/actors/connection.machine.ts';
 import {
   DEFAULT_STAGGER_MS,
   supervisorMachine,
@@ -23,94 +14,14 @@ import { startDnsServer } from '../../src/edge/dns-server.ts';
 import { ManualClock } from '../../src/shared/clock.ts';
 import { isWarrenError, WarrenError } from '../../src/shared/errors.ts';
 import { silentLogger } from '../../src/shared/log.ts';
-
-// ---------------------------------------------------------------------------------------------
-// Fake connections: the test settles each dial and drain.
-
-interface FakeConnection extends LiveConnection {
-  connIndex: number;
-  aborted: boolean;
-}
-
-interface Dial {
-  input: ConnectInput;
-  at: number;
-  signal: AbortSignal;
-  succeed(): FakeConnection;
-  fail(err: Error): void;
-}
-
-function fakes(clock: ManualClock) {
-  const dials: Dial[] = [];
-  const drains: { connIndex: number; finish(): void }[] = [];
-  const watchers: { connIndex: number; active: boolean; sendBack(e: ConnectionSignal): void }[] = [];
-  const connection = connectionMachine.provide({
-    actors: {
-      connect: fromPromise<LiveConnection, ConnectInput>(
-        ({ input, signal }) =>
-          new Promise((resolve, reject) => {
-            let settled = false;
-            signal.addEventListener('abort', () => {
-              if (!settled) reject(signal.reason);
-              settled = true;
-            });
-            dials.push({
-              input,
-              at: clock.now(),
-              signal,
-              succeed: () => {
-                settled = true;
-                const conn: FakeConnection = {
-                  connectionId: `c${dials.length}`,
-                  pop: 'lhr',
-                  connIndex: input.connIndex,
-                  aborted: false,
-                  abort() {
-                    conn.aborted = true;
-                  },
-                };
-                resolve(conn);
-                return conn;
-              },
-              fail: (err) => {
-                settled = true;
-                reject(err);
-              },
-            });
-          }),
-      ),
-      watch: fromCallback<EventObject, WatchInput>(({ input, sendBack }) => {
-        const w = {
-          connIndex: (input.connection as FakeConnection).connIndex,
-          active: true,
-          sendBack,
-        };
-        watchers.push(w);
-        return () => {
-          w.active = false;
-        };
-      }),
-      drain: fromPromise<void, DrainInput>(
-        ({ input }) =>
-          new Promise<void>((resolve) => {
-            drains.push({
-              connIndex: (input.connection as FakeConnection).connIndex,
-              finish: resolve,
-            });
-          }),
-      ),
-    },
-  });
-  return { dials, drains, watchers, machine: supervisorMachine.provide({ actors: { connection } }) };
-}
+import { FakeEdge, flush } from '../support/fake-connection.ts';
 
 const policy: BackoffPolicy = { baseMs: 1000, capMs: 8000, healthyAfterMs: 10_000 };
-const flush = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 function start(opts: { haConnections: number; staggerMs?: number }) {
   const clock = new ManualClock();
-  const f = fakes(clock);
-  const actor = createActor(f.machine, {
+  const edge = new FakeEdge({ clock });
+  const actor = createActor(edge.supervisorMachine(), {
     clock,
     input: {
       haConnections: opts.haConnections,
@@ -121,7 +32,7 @@ function start(opts: { haConnections: number; staggerMs?: number }) {
   actor.start();
   const startedAt = clock.now();
   const view = () => supervisorView(actor.getSnapshot());
-  return { clock, actor, startedAt, view, ...f };
+  return { clock, actor, startedAt, view, dials: edge.dials, drains: edge.drains };
 }
 
 describe('supervisor machine', () => {
@@ -169,7 +80,7 @@ describe('supervisor machine', () => {
     assert.equal(view.connected, 1);
     assert.deepEqual(view.connections, [
       { connIndex: 0, status: 'dialing', connectionId: null, pop: null },
-      { connIndex: 1, status: 'connected', connectionId: 'c2', pop: 'lhr' },
+      { connIndex: 1, status: 'connected', connectionId: 'c1', pop: 'lhr' },
     ]);
     t.actor.send({ type: 'SHUTDOWN', mode: 'now' });
   });
@@ -239,8 +150,8 @@ describe('supervisor machine', () => {
 
   it('retries exhausted on one connection count as failing for good', async () => {
     const clock = new ManualClock();
-    const f = fakes(clock);
-    const actor = createActor(f.machine, {
+    const edge = new FakeEdge({ clock });
+    const actor = createActor(edge.supervisorMachine(), {
       clock,
       input: {
         haConnections: 2,
@@ -250,10 +161,10 @@ describe('supervisor machine', () => {
     });
     actor.start();
     const last = new WarrenError('dial_failed', 'unreachable', { retryable: true });
-    f.dials[1]!.fail(last);
+    edge.dials[1]!.fail(last);
     await flush();
     assert.deepEqual(actor.getSnapshot().output, { status: 'failed', error: last });
-    assert.ok(f.dials[0]!.signal.aborted);
+    assert.ok(edge.dials[0]!.signal.aborted);
   });
 
   it('rejects an input it cannot honour', () => {
