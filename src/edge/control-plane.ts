@@ -177,7 +177,9 @@ export class ControlPlane {
     const from = cp.directory.position + 1;
     let last: StoredEvent | undefined;
     let folded = 0;
-    for await (const e of eventLog.readAll({ fromPosition: from })) {
+    // Unfrozen: the directory keeps no reference to the events it folds (only the last one, as the
+    // anchor, which nothing changes), and freezing each one would cost about a second per million.
+    for await (const e of eventLog.readAll({ fromPosition: from, frozen: false })) {
       cp.directory.apply(e);
       last = e;
       folded++;

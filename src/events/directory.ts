@@ -139,6 +139,23 @@ export interface DirectoryInit {
 type KnownEvent = AccountEvent | ZoneEvent | TunnelEvent;
 
 /**
+ * The last value seen in one field of the events, to keep one copy of it. Every decoded event brings
+ * its own copies of its strings, and what the fold keeps per event (audit entries, connections) would
+ * otherwise hold, after a million events, a million copies of the same few actors, PoPs and client
+ * versions: memory, and garbage-collection time at start-up. One slot, not a table: these fields mostly
+ * repeat from one event to the next, and an equality test is far cheaper than hashing a fresh string.
+ */
+class RecentString {
+  #last = '';
+
+  share(s: string): string {
+    if (s === this.#last) return this.#last;
+    this.#last = s;
+    return s;
+  }
+}
+
+/**
  * Everything a directory holds, as plain data (Maps, Sets, arrays, plain objects, primitives): what a
  * snapshot saves and restores. Snapshots encode it generically, so a field added here or to one of the
  * views is saved without further work; a change to what the fold computes must change `emptyDirectoryState` or
@@ -197,6 +214,14 @@ export class Directory {
 
   #s: DirectoryState = emptyDirectoryState();
   readonly #maxAudit: number;
+  // Not state (and not in snapshots): see RecentString.
+  readonly #actor = new RecentString();
+  readonly #pop = new RecentString();
+  readonly #clientVersion = new RecentString();
+  readonly #clientOs = new RecentString();
+  readonly #clientArch = new RecentString();
+  readonly #connectorId = new RecentString();
+  readonly #reason = new RecentString();
 
   constructor(init: DirectoryInit = {}) {
     this.#maxAudit = init.maxAuditEntriesPerAccount ?? 100_000;
@@ -523,7 +548,9 @@ export class Directory {
       case 'TunnelDeleted': {
         const t = this.tunnels.get(event.data.tunnelId);
         if (!t) return;
-        this.#setConnections(t, () => t.connections.clear());
+        const before = t.connections.size > 0;
+        t.connections.clear();
+        this.#connectionsChanged(t, before);
         t.deletedAt = event.data.deletedAt;
         t.pendingCleanup = null;
         if (t.hostname) this.#s.quickHosts.delete(t.hostname);
@@ -534,8 +561,18 @@ export class Directory {
         const d = event.data;
         const t = this.tunnels.get(d.tunnelId);
         if (!t) return;
-        const connection = Object.freeze(connectionOf(d));
-        this.#setConnections(t, () => t.connections.set(d.connectionId, connection));
+        const made = connectionOf(d);
+        // Kept (in the tunnel, then in audit entries) for every registration: share the strings that
+        // recur from one to the next instead of keeping each event's copy.
+        made.pop = this.#pop.share(made.pop);
+        made.clientVersion = this.#clientVersion.share(made.clientVersion);
+        made.clientOs = this.#clientOs.share(made.clientOs);
+        made.clientArch = this.#clientArch.share(made.clientArch);
+        made.connectorId = this.#connectorId.share(made.connectorId);
+        const connection = Object.freeze(made);
+        const before = t.connections.size > 0;
+        t.connections.set(d.connectionId, connection);
+        this.#connectionsChanged(t, before);
         t.inactiveAt = null;
         if (t.accountId) {
           this.#addAudit(
@@ -545,11 +582,11 @@ export class Directory {
             t.accountId,
             t.tunnelId,
             {
-              connIndex: d.connIndex,
-              originIp: d.originIp,
-              clientOs: d.clientOs,
-              clientArch: d.clientArch,
-              connectorId: d.connectorId ?? '',
+              connIndex: connection.connIndex,
+              originIp: connection.originIp,
+              clientOs: connection.clientOs,
+              clientArch: connection.clientArch,
+              connectorId: connection.connectorId,
             },
             connection,
           );
@@ -561,7 +598,9 @@ export class Directory {
         const t = this.tunnels.get(d.tunnelId);
         const connection = t?.connections.get(d.connectionId);
         if (!t || !connection) return;
-        this.#setConnections(t, () => t.connections.delete(d.connectionId));
+        const before = t.connections.size > 0;
+        t.connections.delete(d.connectionId);
+        this.#connectionsChanged(t, before);
         if (t.accountId) {
           this.#addAudit(
             e,
@@ -569,7 +608,7 @@ export class Directory {
             'connection.unregister',
             t.accountId,
             t.tunnelId,
-            { reason: d.reason },
+            { reason: this.#reason.share(d.reason) },
             connection,
           );
         }
@@ -616,10 +655,11 @@ export class Directory {
     }
   }
 
-  /** Runs `change` on a tunnel's connections and keeps the account's active-tunnel count right. */
-  #setConnections(t: TunnelView, change: () => void): void {
-    const before = t.connections.size > 0;
-    change();
+  /**
+   * Keeps the account's active-tunnel count right after a change to a tunnel's connections; `before`:
+   * whether it had any before the change.
+   */
+  #connectionsChanged(t: TunnelView, before: boolean): void {
     const after = t.connections.size > 0;
     if (before === after || !t.accountId) return;
     this.#s.activeByAccount.set(t.accountId, this.activeTunnels(t.accountId) + (after ? 1 : -1));
@@ -646,7 +686,7 @@ export class Directory {
         id: e.position,
         time: e.recordedAt,
         action,
-        actor,
+        actor: this.#actor.share(actor),
         accountId,
         tunnelId,
         tunnelName: tunnelId ? (this.tunnels.get(tunnelId)?.name ?? null) : null,

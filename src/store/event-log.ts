@@ -52,6 +52,20 @@ export interface AppendOptions {
   sync?: boolean;
 }
 
+export interface ReadAllOptions {
+  /** Default 1. */
+  fromPosition?: number;
+  /** Default: no limit. */
+  limit?: number;
+  /**
+   * Default true. False lets the log hand out events that are not frozen (they are checked all the
+   * same), for a caller that owns them: it never changes them and keeps no reference to them past its
+   * own use, like the start-up fold of the whole log, where freezing every event costs about a second
+   * per million. A log may hand out frozen events anyway.
+   */
+  frozen?: boolean;
+}
+
 export interface EventLog {
   /**
    * Appends all events or none. Throws `version_conflict` (retryable) when the stream is not at
@@ -63,7 +77,7 @@ export interface EventLog {
   /** The stream's events from `fromVersion` (default 1); [] for a stream that does not exist. */
   readStream(stream: string, opts?: { fromVersion?: number }): Promise<StoredEvent[]>;
   /** The global log from `fromPosition` (default 1), at most `limit` events, as of the first `next()`. */
-  readAll(opts?: { fromPosition?: number; limit?: number }): AsyncIterable<StoredEvent>;
+  readAll(opts?: ReadAllOptions): AsyncIterable<StoredEvent>;
   /**
    * Every event from `fromPosition` (default 1) in order, then live ones as they are appended; no gaps
    * or duplicates, even when appends race with catch-up. Completes when the log closes.

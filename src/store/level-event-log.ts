@@ -22,7 +22,7 @@ import type { Observable } from 'rxjs';
 import type { Clock } from '../shared/clock.ts';
 import { WarrenError } from '../shared/errors.ts';
 import { type Logger, silentLogger } from '../shared/log.ts';
-import { decodeEnvelope, ENVELOPE_SCHEMA, encodeEnvelope } from './codec.ts';
+import { type DecodeOptions, decodeEnvelope, ENVELOPE_SCHEMA, encodeEnvelope } from './codec.ts';
 import {
   type AppendOptions,
   type AppendResult,
@@ -35,6 +35,7 @@ import {
   type EventLog,
   MAX_STREAM_VERSION,
   type NewEvent,
+  type ReadAllOptions,
   type StoredEvent,
   SubscriptionHub,
   storeClosedError,
@@ -63,6 +64,12 @@ const GLOBAL_TO = 'g"';
 const STREAM_CACHE_ENTRIES = 10_000;
 /** Events read per LevelDB round trip by `readAll`. */
 const READ_BATCH = 1024;
+/**
+ * Bytes `readAll` lets one round trip hold (plus the entry that crosses it, at most an envelope). At
+ * classic-level's default of 16 KiB a batch stopped at ~60 events; reading the whole batch at once
+ * makes the full read at start-up about a quarter faster.
+ */
+const READ_BATCH_BYTES = 1024 * 1024;
 
 type Db = ClassicLevel<string, Uint8Array>;
 
@@ -243,22 +250,23 @@ class LevelEventLog implements EventLog {
     });
   }
 
-  readAll(opts: { fromPosition?: number; limit?: number } = {}): AsyncIterable<StoredEvent> {
+  readAll(opts: ReadAllOptions = {}): AsyncIterable<StoredEvent> {
     this.#assertOpen();
     const fromPosition = opts.fromPosition ?? 1;
     assertFrom(fromPosition, 'fromPosition');
     const limit = opts.limit ?? Number.POSITIVE_INFINITY;
     assertLimit(limit);
-    return this.#iterate(fromPosition, limit);
+    return this.#iterate(fromPosition, limit, opts.frozen ?? true);
   }
 
-  async *#iterate(fromPosition: number, limit: number): AsyncGenerator<StoredEvent> {
+  async *#iterate(fromPosition: number, limit: number, frozen: boolean): AsyncGenerator<StoredEvent> {
     if (limit === 0) return;
     // The iterator reads from an implicit LevelDB snapshot taken when it is created (first next()).
     const it = this.#db.iterator({
       gte: positionKey(fromPosition),
       lt: GLOBAL_TO,
       limit: limit === Number.POSITIVE_INFINITY ? -1 : limit,
+      highWaterMarkBytes: READ_BATCH_BYTES,
     });
     const read = () => {
       const batch = this.#guard(() => it.nextv(READ_BATCH));
@@ -266,6 +274,7 @@ class LevelEventLog implements EventLog {
       batch.catch(() => {});
       return batch;
     };
+    const decode: DecodeOptions = { freeze: frozen };
     let next: Promise<[string, Uint8Array][]> | undefined = read();
     try {
       for (;;) {
@@ -275,7 +284,7 @@ class LevelEventLog implements EventLog {
         // LevelDB reads the next batch on a libuv thread while this one is decoded: at start-up the
         // edge folds the whole log, and the read would otherwise wait for the decoding and vice versa.
         next = read();
-        for (const [key, bytes] of entries) yield decodeAt(bytes, key);
+        for (const [key, bytes] of entries) yield decodeAt(bytes, key, decode);
       }
     } finally {
       // One read at a time on an iterator: let a prefetch finish before closing.
@@ -347,12 +356,30 @@ function openError(err: unknown, dataDir: string): unknown {
   return err;
 }
 
-function decodeAt(bytes: Uint8Array, key: string): StoredEvent {
-  const event = decodeEnvelope(bytes);
-  if (positionKey(event.position) !== key) {
+function decodeAt(bytes: Uint8Array, key: string, opts?: DecodeOptions): StoredEvent {
+  const event = decodeEnvelope(bytes, opts);
+  if (!isPositionKeyOf(key, event.position)) {
     throw new WarrenError('store_corrupt', `event at ${key} says it is at position ${event.position}`);
   }
   return event;
+}
+
+/**
+ * `key === positionKey(position)`, without building the key: this runs for every event read, and at
+ * start-up formatting a million keys took a quarter of a second.
+ */
+function isPositionKeyOf(key: string, position: number): boolean {
+  if (key.length !== GLOBAL_FROM.length + 16 || !key.startsWith(GLOBAL_FROM)) return false;
+  let n = 0;
+  for (let i = GLOBAL_FROM.length; i < key.length; i++) {
+    const c = key.charCodeAt(i);
+    // Lower-case hex digits only, as hex16 writes them.
+    const digit = c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : -1;
+    if (digit < 0) return false;
+    // Exact below 2^53; a key above that cannot equal a position, which is a safe integer.
+    n = n * 16 + digit;
+  }
+  return n === position;
 }
 
 function hex16(n: number): string {

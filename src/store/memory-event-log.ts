@@ -19,6 +19,7 @@ import {
   type EventLog,
   MAX_STREAM_VERSION,
   type NewEvent,
+  type ReadAllOptions,
   type StoredEvent,
   SubscriptionHub,
   storeClosedError,
@@ -110,7 +111,8 @@ class MemoryEventLog implements EventLog {
     return (this.#streams.get(stream) ?? []).slice(fromVersion - 1);
   }
 
-  readAll(opts: { fromPosition?: number; limit?: number } = {}): AsyncIterable<StoredEvent> {
+  // `frozen: false` changes nothing here: the stored events are shared, so they stay frozen.
+  readAll(opts: ReadAllOptions = {}): AsyncIterable<StoredEvent> {
     if (this.#closed) throw storeClosedError();
     const fromPosition = opts.fromPosition ?? 1;
     assertFrom(fromPosition, 'fromPosition');
