@@ -122,6 +122,17 @@ function canRetry(
   return err.code === 'stream_reset' || IDEMPOTENT.has(req.method ?? '');
 }
 
+/** A visitor request on its way to a tunnel, across its tries. */
+interface Visit {
+  req: http.IncomingMessage;
+  res: http.ServerResponse;
+  host: string;
+  tunnelId: string;
+  withBody: boolean;
+  /** Aborted when the visitor hangs up; made only when the request has to wait. */
+  gone?: AbortController;
+}
+
 /** A request waits for a connection at most this many times (a connection that comes and goes again). */
 const MAX_HOLDS = 3;
 /** A request refused by the agent before it reached the origin is tried on this many more connections. */
@@ -170,6 +181,27 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
     });
   };
 
+  /** The signal that the visitor hung up; made only when a request has to wait. */
+  const goneSignal = (v: Visit): AbortSignal => {
+    if (!v.gone) {
+      const ac = new AbortController();
+      v.gone = ac;
+      v.res.once('close', () => ac.abort());
+    }
+    return v.gone.signal;
+  };
+
+  /** Sends the request on a live connection of its tunnel, after the visitor hold if need be; else 530. */
+  const route = (v: Visit, retries: number): void => {
+    const conn = c.routing.pick(v.tunnelId);
+    if (conn) return forward(v, conn, retries);
+    withConnection(v.tunnelId, goneSignal(v), (held) => {
+      if (held) return forward(v, held, retries);
+      v.req.resume();
+      sendPage(v.res, noTunnelPage(v.host || '(none)'));
+    });
+  };
+
   server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
     const host = hostnameOf(req.headers.host);
     const tunnelId = c.routing.tunnelForHost(host);
@@ -177,42 +209,15 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
       req.resume();
       return sendPage(res, noTunnelPage(host || '(none)'));
     }
-    const withBody = hasRequestBody(req);
-    // Only made when the request has to wait: the common path allocates no controller.
-    let gone: AbortController | undefined;
-    const visitorGone = (): AbortSignal => {
-      if (!gone) {
-        const ac = new AbortController();
-        gone = ac;
-        res.once('close', () => ac.abort());
-      }
-      return gone.signal;
-    };
-    const conn = c.routing.pick(tunnelId);
-    if (conn) return forward(req, res, host, tunnelId, conn, withBody, 0, visitorGone);
-    withConnection(tunnelId, visitorGone(), (held) => {
-      if (!held) {
-        req.resume();
-        return sendPage(res, noTunnelPage(host || '(none)'));
-      }
-      forward(req, res, host, tunnelId, held, withBody, 0, visitorGone);
-    });
+    route({ req, res, host, tunnelId, withBody: hasRequestBody(req) }, 0);
   });
 
   /**
    * One try at a request on one connection. What fails before the response head is tried again on
    * another connection (see `canRetry`), at most MAX_RETRIES times; anything else is a 502.
    */
-  const forward = (
-    req: http.IncomingMessage,
-    res: http.ServerResponse,
-    host: string,
-    tunnelId: string,
-    conn: RoutedConnection,
-    withBody: boolean,
-    retries: number,
-    visitorGone: () => AbortSignal,
-  ): void => {
+  const forward = (v: Visit, conn: RoutedConnection, retries: number): void => {
+    const { req, res, host, tunnelId, withBody } = v;
     let stream: MuxStream;
     try {
       stream = conn.session.openStream(buildRequestHead(req, 'http', clientIpOf(req), 'http'), {
@@ -220,13 +225,8 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
       });
     } catch (err) {
       const code = (err as { code?: string }).code ?? 'tunnel_error';
-      if (code === 'session_closed' && retries < MAX_RETRIES) {
-        return withConnection(tunnelId, visitorGone(), (next) => {
-          if (next) return forward(req, res, host, tunnelId, next, withBody, retries + 1, visitorGone);
-          req.resume();
-          sendPage(res, noTunnelPage(host || '(none)'));
-        });
-      }
+      // The session started going away between pick and open: another connection, or the hold.
+      if (code === 'session_closed' && retries < MAX_RETRIES) return route(v, retries + 1);
       req.resume();
       const status = code === 'headers_too_large' ? 431 : 503;
       return sendPage(
@@ -281,11 +281,8 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
       if (res.headersSent) return res.destroy();
       if (canRetry(req, err, withBody) && retries < MAX_RETRIES && !res.destroyed) {
         res.off('close', onClose);
-        c.log.debug({ tunnelId, code: err.code }, 'tunnel stream refused; trying another connection');
-        return withConnection(tunnelId, visitorGone(), (next) => {
-          if (next) return forward(req, res, host, tunnelId, next, withBody, retries + 1, visitorGone);
-          sendPage(res, noTunnelPage(host || '(none)'));
-        });
+        c.log.debug({ tunnelId, code: err.code }, 'tunnel stream failed early; trying another connection');
+        return route(v, retries + 1);
       }
       c.log.debug({ tunnelId, code: err.code }, `tunnel stream failed before a response: ${err.message}`);
       return sendPage(
