@@ -11,6 +11,8 @@ export class EdgeMetrics {
   readonly heldRequests: Gauge;
   readonly holds: Counter<'outcome'>;
   readonly holdSeconds: Histogram;
+  /** One labelled child per status: `inc({ code })` would hash the labels on every request. */
+  readonly #requestsByStatus = new Map<number, Counter.Internal>();
 
   constructor(registry: Registry) {
     const registers = [registry];
@@ -64,5 +66,15 @@ export class EdgeMetrics {
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5],
       registers,
     });
+  }
+
+  /** Counts one visitor request answered with `status`. */
+  countRequest(status: number): void {
+    let child = this.#requestsByStatus.get(status);
+    if (child === undefined) {
+      child = this.requests.labels(String(status));
+      this.#requestsByStatus.set(status, child);
+    }
+    child.inc();
   }
 }
