@@ -123,6 +123,8 @@ export class OriginPool {
         callback(err, null);
       } else {
         socket.setNoDelay(true);
+        // A long silent response (SSE) from an origin that vanished without a reset is noticed.
+        socket.setKeepAlive(true, 60_000);
         callback(null, socket);
       }
     };

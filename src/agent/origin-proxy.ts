@@ -12,7 +12,7 @@
 import http from 'node:http';
 import https from 'node:https';
 import type { Duplex, Readable } from 'node:stream';
-import type { Client } from 'undici';
+import type { Client, Dispatcher } from 'undici';
 import type { Clock } from '../shared/clock.ts';
 import type { Logger } from '../shared/log.ts';
 import { isHopByHop, stripHopByHop } from '../transport/hop-by-hop.ts';
@@ -43,7 +43,8 @@ type OriginErrorCode =
   | 'origin_timeout'
   | 'origin_tls'
   | 'origin_reset'
-  | 'origin_bad_response';
+  | 'origin_bad_response'
+  | 'origin_request_invalid';
 
 function classify(err: OriginConnectError): OriginErrorCode {
   if (err.originFailure !== undefined) return err.originFailure;
@@ -51,8 +52,11 @@ function classify(err: OriginConnectError): OriginErrorCode {
   if (code === 'ETIMEDOUT') return 'origin_timeout';
   if (code === 'ECONNRESET' || code === 'EPIPE' || code === 'UND_ERR_SOCKET') return 'origin_reset';
   if (code.startsWith('ERR_TLS') || code.startsWith('ERR_SSL') || code.includes('CERT')) return 'origin_tls';
-  // llhttp's parse errors (undici 7 leaves their `code` unset, so by name), a head over 16 KiB, a body
-  // that does not match its Content-Length.
+  // A request undici will not send as HTTP/1.1 (a target that is not a path, such as `OPTIONS *`):
+  // the origin was never asked.
+  if (code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED') return 'origin_request_invalid';
+  // llhttp's parse errors (matched by name: their code depends on undici's error table), a head over
+  // 16 KiB, a body that does not match its Content-Length.
   if (
     err.name === 'HTTPParserError' ||
     code === 'UND_ERR_HEADERS_OVERFLOW' ||
@@ -62,6 +66,11 @@ function classify(err: OriginConnectError): OriginErrorCode {
   }
   return 'origin_unreachable';
 }
+
+const noop = (): void => {};
+
+/** Any constant: see `servername` in `#forward`. */
+const ORIGIN_SERVERNAME = 'origin';
 
 /** Sends the origin's head; one that cannot be sent (over 64 KiB encoded) resets the stream instead. */
 function respondOrAbort(stream: MuxStream, response: ResponseHead): boolean {
@@ -97,13 +106,18 @@ function respondWithFailure(log: Logger, origin: string, stream: MuxStream, err:
 /** The request headers for the origin: the Host override applied, and what undici frames itself removed. */
 function originRequestHeaders(headers: readonly string[], hostOverride: string | undefined): string[] {
   const out: string[] = [];
+  let hostSeen = hostOverride !== undefined;
   for (let i = 0; i + 1 < headers.length; i += 2) {
     const name = headers[i]!;
     // `Expect` was answered by the edge's server (100 Continue went to the visitor); undici refuses it.
     // Hop-by-hop headers are the edge's to drop, but undici throws on some of them, so drop them again.
     if (name.length === 6 && name.toLowerCase() === 'expect') continue;
     if (isHopByHop(name)) continue;
-    if (hostOverride !== undefined && name.length === 4 && name.toLowerCase() === 'host') continue;
+    if (name.length === 4 && name.toLowerCase() === 'host') {
+      // The first Host is the one the edge routed by (Node keeps the first); undici refuses a second.
+      if (hostSeen) continue;
+      hostSeen = true;
+    }
     out.push(name, headers[i + 1]!);
   }
   if (hostOverride !== undefined) out.push('Host', hostOverride);
@@ -187,6 +201,11 @@ class OriginExchange {
     if (this.#over) return;
     this.#over = true;
     this.#proxy.release(this.#client);
+    // When the exchange ends before the whole request body was sent (the origin answered early, or the
+    // connection broke), undici lets go of the body's iterator and the rest of it sits in the stream,
+    // which then never ends nor closes, and holds its slot. Discard it: a 'data' listener starts the
+    // stream flowing once the iterator has let go.
+    if (!this.#stream.readableEnded) this.#stream.on('data', noop);
   }
 }
 
@@ -256,7 +275,8 @@ export class OriginProxy {
       resolve();
     });
     let body: AsyncIterable<Buffer> | null = null;
-    if (stream.remoteEnded) {
+    // Ended with nothing buffered: no body. (A stream that waited for a slot may hold its whole body.)
+    if (stream.remoteEnded && stream.readableLength === 0) {
       // Nothing to read, but the stream only ends (and closes, and frees its slot) once its readable
       // side has been consumed.
       stream.resume();
@@ -265,16 +285,18 @@ export class OriginProxy {
       // still has the response to carry. Its iterator leaves the stream open when undici lets go.
       body = stream.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>;
     }
-    client.dispatch(
-      {
-        method: head.method,
-        path: head.target,
-        headers: originRequestHeaders(head.headers, this.#hostHeader),
-        // undici 7 sends an async iterable body (documented; its typings list only streams).
-        body: body as Readable | null,
-      },
-      exchange,
-    );
+    // undici 7 takes `servername` per request and an async iterable body (both documented; its typings
+    // list neither).
+    const options: Dispatcher.DispatchOptions & { servername: string } = {
+      method: head.method,
+      path: head.target,
+      headers: originRequestHeaders(head.headers, this.#hostHeader),
+      // undici takes the TLS server name from each request's Host and drops the connection when it
+      // changes; the pool's connect sets SNI from the origin URL, so one constant name keeps them.
+      servername: ORIGIN_SERVERNAME,
+      body: body as Readable | null,
+    };
+    client.dispatch(options, exchange);
   }
 
   #forwardUpgrade(stream: MuxStream): void {

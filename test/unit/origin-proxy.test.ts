@@ -5,9 +5,11 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import { after, describe, it } from 'node:test';
 import { OriginProxy, type OriginProxyInit } from '../../src/agent/origin-proxy.ts';
+import { createEdgeTls } from '../../src/edge/ca.ts';
 import { type Clock, ManualClock, systemClock } from '../../src/shared/clock.ts';
 import { silentLogger } from '../../src/shared/log.ts';
 import type { RequestHead, ResponseHead } from '../../src/transport/messages.ts';
@@ -20,20 +22,27 @@ interface Exchange {
   body: Buffer;
 }
 
-/** A mux pair whose agent side hands every stream to a fresh OriginProxy. */
+/**
+ * A mux pair whose agent side hands every stream to a fresh OriginProxy, at once or once `handleWhen`
+ * resolves (as when a stream waits for a slot). `handled` holds each `handle()` promise.
+ */
 async function proxied(
   init: OriginProxyInit,
   clock: Clock = systemClock,
-): Promise<{ pair: MuxPair; proxy: OriginProxy }> {
+  handleWhen?: (stream: MuxStream) => Promise<unknown>,
+): Promise<{ pair: MuxPair; proxy: OriginProxy; handled: Promise<void>[] }> {
   const pair = await createMuxPair({ clock });
   const proxy = new OriginProxy({ clock, log: silentLogger }, init);
-  const sub = pair.agent.streams$.subscribe((stream) => void proxy.handle(stream));
+  const handled: Promise<void>[] = [];
+  const sub = pair.agent.streams$.subscribe((stream) => {
+    handled.push(handleWhen ? handleWhen(stream).then(() => proxy.handle(stream)) : proxy.handle(stream));
+  });
   after(async () => {
     sub.unsubscribe();
     proxy.close();
     await pair.close();
   });
-  return { pair, proxy };
+  return { pair, proxy, handled };
 }
 
 function exchange(pair: MuxPair, head: RequestHead, body?: Buffer[]): Promise<Exchange> {
@@ -249,5 +258,90 @@ describe('origin proxy', () => {
       5000,
       'the origin connection stayed open after the visitor left',
     );
+  });
+
+  it('finishes the stream when the origin answers before the request body is all sent', async () => {
+    const origin = await countingOrigin((_req, res) => {
+      res.writeHead(413, { 'Content-Length': 0 });
+      res.end();
+    });
+    const { pair, handled } = await proxied({ originUrl: origin.url });
+    const stream = pair.edge.openStream({
+      kind: 'http',
+      method: 'POST',
+      target: '/big',
+      headers: ['Host', 'a.test'],
+    });
+    stream.write(Buffer.alloc(16 * 1024, 1));
+    const [head] = (await withDeadline(once(stream, 'response'), 5000, 'no early answer')) as [ResponseHead];
+    assert.equal(head.status, 413);
+    stream.resume();
+    // The rest of the body comes after the answer, as from a visitor who does not read it.
+    for (let i = 0; i < 4; i++) stream.write(Buffer.alloc(16 * 1024, 2));
+    stream.end();
+    await withDeadline(handled[0]!, 5000, 'the agent never let go of the stream (its slot stays taken)');
+  });
+
+  it('sends the whole body of a stream that arrived complete before it was handled', async () => {
+    const origin = await countingOrigin((req, res) => {
+      const parts: Buffer[] = [];
+      req.on('data', (c: Buffer) => parts.push(c));
+      req.once('end', () => res.end(`got ${Buffer.concat(parts).toString()}`));
+    });
+    const { pair } = await proxied({ originUrl: origin.url }, systemClock, (stream) =>
+      waitFor(() => stream.remoteEnded, { timeoutMs: 5000, message: 'the whole request to arrive' }),
+    );
+    const { head, body } = await exchange(
+      pair,
+      { kind: 'http', method: 'POST', target: '/form', headers: ['Host', 'a.test', 'Content-Length', '9'] },
+      [Buffer.from('all of it')],
+    );
+    assert.equal(head.status, 200);
+    assert.equal(body.toString(), 'got all of it');
+  });
+
+  it('keeps one TLS connection to an https origin whatever Host the visitors use', async () => {
+    const material = await createEdgeTls('origin.test');
+    const server = https.createServer(
+      { key: material.serverKeyPem, cert: material.serverCertPem },
+      (_req, res) => res.end('secure'),
+    );
+    let connections = 0;
+    server.on('secureConnection', () => connections++);
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    after(() => {
+      server.closeAllConnections();
+      server.close();
+    });
+    const { port } = server.address() as net.AddressInfo;
+    const { pair } = await proxied({ originUrl: new URL(`https://127.0.0.1:${port}`), noTlsVerify: true });
+    for (let i = 0; i < 6; i++) {
+      const { body } = await exchange(pair, get('/', ['Host', i % 2 === 0 ? 'a.test' : 'b.test']));
+      assert.equal(body.toString(), 'secure');
+    }
+    assert.equal(connections, 1);
+  });
+
+  it('sends the first of two Host headers, and answers 502 origin_request_invalid for a target undici cannot send', async () => {
+    const hosts: string[] = [];
+    const origin = await countingOrigin((req, res) => {
+      for (let i = 0; i < req.rawHeaders.length; i += 2) {
+        if (req.rawHeaders[i]!.toLowerCase() === 'host') hosts.push(req.rawHeaders[i + 1]!);
+      }
+      res.end('ok');
+    });
+    const { pair } = await proxied({ originUrl: origin.url });
+    const twoHosts = await exchange(pair, get('/', ['Host', 'a.test', 'Host', 'b.test']));
+    assert.equal(twoHosts.head.status, 200);
+    assert.deepEqual(hosts, ['a.test']);
+    const star = await exchange(pair, {
+      kind: 'http',
+      method: 'OPTIONS',
+      target: '*',
+      headers: ['Host', 'a.test'],
+    });
+    assert.equal(star.head.status, 502);
+    assert.equal(star.head.error?.code, 'origin_request_invalid');
   });
 });
