@@ -16,7 +16,7 @@ import type { Client, Dispatcher } from 'undici';
 import type { Clock } from '../shared/clock.ts';
 import type { Logger } from '../shared/log.ts';
 import { isHopByHop, stripHopByHop } from '../transport/hop-by-hop.ts';
-import type { ResponseHead } from '../transport/messages.ts';
+import { INLINE_BODY_BYTES, type ResponseHead } from '../transport/messages.ts';
 import type { MuxStream } from '../transport/session.ts';
 import { type OriginConnectError, OriginPool } from './origin-pool.ts';
 
@@ -69,13 +69,109 @@ function classify(err: OriginConnectError): OriginErrorCode {
 
 const noop = (): void => {};
 
+/**
+ * A request body for undici: the stream's chunks one by one as they arrive, with backpressure (the
+ * stream is paused while a chunk waits to be taken). Not the stream itself, which undici destroys once
+ * sent, while this one still has the response to carry; and not `stream.iterator()`, whose `read()`
+ * joins every buffered chunk into one new Buffer on each step. Ending the iteration (undici gives up)
+ * stops listening and leaves the stream open.
+ */
+class RequestBody implements AsyncIterable<Buffer>, AsyncIterator<Buffer> {
+  readonly #stream: MuxStream;
+  #chunk: Buffer | undefined;
+  #ended = false;
+  #failed: Error | undefined;
+  #waiter: (() => void) | undefined;
+
+  constructor(stream: MuxStream) {
+    this.#stream = stream;
+    stream.on('data', this.#onData);
+    stream.once('end', this.#onEnd);
+    stream.once('close', this.#onClose);
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Buffer> {
+    return this;
+  }
+
+  async next(): Promise<IteratorResult<Buffer>> {
+    for (;;) {
+      if (this.#chunk !== undefined) {
+        const value = this.#chunk;
+        this.#chunk = undefined;
+        return { value, done: false };
+      }
+      if (this.#failed !== undefined) {
+        this.#stop();
+        throw this.#failed;
+      }
+      if (this.#ended) {
+        this.#stop();
+        return { value: undefined, done: true };
+      }
+      await new Promise<void>((resolve) => {
+        this.#waiter = resolve;
+        this.#stream.resume();
+      });
+    }
+  }
+
+  async return(): Promise<IteratorResult<Buffer>> {
+    this.#stop();
+    return { value: undefined, done: true };
+  }
+
+  /**
+   * The exchange is over before the body was all sent (the origin answered early, or the connection
+   * broke): the rest is read and dropped, so the stream ends, closes and frees its slot.
+   */
+  discard(): void {
+    this.#stop();
+    this.#chunk = undefined;
+    this.#failed ??= new Error('the request body is no longer wanted');
+    this.#wake();
+    if (!this.#stream.readableEnded) {
+      this.#stream.on('data', noop);
+      this.#stream.resume();
+    }
+  }
+
+  readonly #onData = (chunk: Buffer): void => {
+    this.#chunk = chunk;
+    this.#stream.pause();
+    this.#wake();
+  };
+
+  readonly #onEnd = (): void => {
+    this.#ended = true;
+    this.#wake();
+  };
+
+  readonly #onClose = (): void => {
+    if (!this.#ended) this.#failed ??= new Error('the request body was cut off');
+    this.#wake();
+  };
+
+  #wake(): void {
+    const waiter = this.#waiter;
+    this.#waiter = undefined;
+    waiter?.();
+  }
+
+  #stop(): void {
+    this.#stream.off('data', this.#onData);
+    this.#stream.off('end', this.#onEnd);
+    this.#stream.off('close', this.#onClose);
+  }
+}
+
 /** Any constant: see `servername` in `#forward`. */
 const ORIGIN_SERVERNAME = 'origin';
 
 /** Sends the origin's head; one that cannot be sent (over 64 KiB encoded) resets the stream instead. */
-function respondOrAbort(stream: MuxStream, response: ResponseHead): boolean {
+function respondOrAbort(stream: MuxStream, response: ResponseHead, endStream = false): boolean {
   try {
-    stream.respond(response);
+    stream.respond(response, { endStream });
     return true;
   } catch {
     stream.destroy();
@@ -137,6 +233,15 @@ class OriginExchange {
   #answered = false;
   #over = false;
   #cancelled = false;
+  /**
+   * The origin's head, held back until the end of the read it came in: a small body that arrives
+   * whole with it goes inside the head, as one HEADERS frame with END (no DATA, no stream writes).
+   */
+  #heldHead: ResponseHead | undefined;
+  #heldBody: Buffer[] = [];
+  /** The request body, when there is one. */
+  body: RequestBody | undefined;
+  #heldBytes = 0;
 
   constructor(proxy: OriginProxy, stream: MuxStream, client: Client) {
     this.#proxy = proxy;
@@ -165,14 +270,21 @@ class OriginExchange {
     for (let i = 0; i < rawHeaders.length; i++) headers[i] = rawHeaders[i]!.toString('latin1');
     const response: ResponseHead = { status, headers: stripHopByHop(headers) };
     if (statusText) response.statusText = statusText;
-    if (!respondOrAbort(this.#stream, response)) {
-      this.cancel();
-      return false;
-    }
+    this.#heldHead = response;
+    // undici hands over the head, the body and the end of one read in one go; the tick comes after.
+    process.nextTick(this.#sendHeldHead);
     return true;
   }
 
   onData(chunk: Buffer): boolean {
+    if (this.#heldHead !== undefined) {
+      if (this.#heldBytes + chunk.length <= INLINE_BODY_BYTES) {
+        this.#heldBody.push(chunk);
+        this.#heldBytes += chunk.length;
+        return true;
+      }
+      if (!this.#sendHead(false)) return false;
+    }
     if (this.#stream.write(chunk)) return true;
     this.#stream.once('drain', this.#onDrain);
     return false;
@@ -180,13 +292,18 @@ class OriginExchange {
 
   onComplete(): void {
     this.#finish();
-    this.#stream.end();
+    if (this.#heldHead !== undefined) this.#sendHead(true);
+    else this.#stream.end();
   }
 
   onError(err: Error): void {
     this.#finish();
+    // With the head still held nothing went to the edge: the visitor gets a 502 with the code rather
+    // than a cut answer.
+    const headSent = this.#answered && this.#heldHead === undefined;
+    this.#heldHead = undefined;
     if (this.#cancelled) return;
-    if (this.#answered) this.#stream.destroy();
+    if (headSent) this.#stream.destroy();
     else respondWithFailure(this.#proxy.log, this.#proxy.originUrl.origin, this.#stream, err);
   }
 
@@ -197,15 +314,31 @@ class OriginExchange {
 
   readonly #onDrain = (): void => this.#resume?.();
 
+  readonly #sendHeldHead = (): void => {
+    if (this.#heldHead !== undefined) this.#sendHead(false);
+  };
+
+  /** Sends the held head, with what body came with it; false when the stream had to be reset. */
+  #sendHead(end: boolean): boolean {
+    const head = this.#heldHead!;
+    this.#heldHead = undefined;
+    if (this.#heldBytes > 0) {
+      head.body =
+        this.#heldBody.length === 1 ? this.#heldBody[0]! : Buffer.concat(this.#heldBody, this.#heldBytes);
+    }
+    this.#heldBody = [];
+    this.#heldBytes = 0;
+    if (respondOrAbort(this.#stream, head, end)) return true;
+    this.cancel();
+    return false;
+  }
+
   #finish(): void {
     if (this.#over) return;
     this.#over = true;
     this.#proxy.release(this.#client);
-    // When the exchange ends before the whole request body was sent (the origin answered early, or the
-    // connection broke), undici lets go of the body's iterator and the rest of it sits in the stream,
-    // which then never ends nor closes, and holds its slot. Discard it: a 'data' listener starts the
-    // stream flowing once the iterator has let go.
-    if (!this.#stream.readableEnded) this.#stream.on('data', noop);
+    // Whatever of the request body undici did not take is dropped, so the stream can end and close.
+    this.body?.discard();
   }
 }
 
@@ -274,16 +407,15 @@ export class OriginProxy {
       exchange.cancel();
       resolve();
     });
-    let body: AsyncIterable<Buffer> | null = null;
+    let body: RequestBody | null = null;
     // Ended with nothing buffered: no body. (A stream that waited for a slot may hold its whole body.)
     if (stream.remoteEnded && stream.readableLength === 0) {
       // Nothing to read, but the stream only ends (and closes, and frees its slot) once its readable
       // side has been consumed.
       stream.resume();
     } else {
-      // Not the stream itself: undici destroys a stream body once it has sent it, and this stream
-      // still has the response to carry. Its iterator leaves the stream open when undici lets go.
-      body = stream.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>;
+      body = new RequestBody(stream);
+      exchange.body = body;
     }
     // undici 7 takes `servername` per request and an async iterable body (both documented; its typings
     // list neither).

@@ -290,6 +290,15 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
         stream.reset();
         return sendPage(res, originErrorPage(host, 'origin_bad_response', (err as Error).message));
       }
+      if (head.body !== undefined && stream.remoteEnded) {
+        // The whole answer came inside the head (a small body the agent had at once): nothing to relay.
+        res.end(head.body);
+        // A request still sending its body keeps the stream until that is done; otherwise it is over.
+        if (withBody) stream.resume();
+        else stream.destroy();
+        return;
+      }
+      if (head.body !== undefined) res.write(head.body);
       relayBody(stream, res);
     });
     stream.once('error', (err: Error & { code?: string; retryable?: boolean }) => {
@@ -364,6 +373,7 @@ export function createVisitorServer(c: VisitorProxyComponents, init: VisitorProx
       let text = `HTTP/1.1 ${rh.status} ${rh.statusText ?? http.STATUS_CODES[rh.status] ?? ''}\r\n`;
       for (let i = 0; i < rh.headers.length; i += 2) text += `${rh.headers[i]}: ${rh.headers[i + 1]}\r\n`;
       socket.write(`${text}\r\n`);
+      if (rh.body !== undefined) socket.write(rh.body);
       // After a 101 both directions are raw bytes; otherwise the origin's body follows and the
       // connection ends with it (we asked for an upgrade, so no keep-alive).
       stream.pipe(socket);

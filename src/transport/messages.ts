@@ -34,7 +34,15 @@ export interface ResponseHead {
   statusText?: string;
   headers: string[];
   error?: { code: string; message: string };
+  /**
+   * The first bytes of the body, carried in the head (at most INLINE_BODY_BYTES); DATA frames, if any,
+   * continue it. A small answer the agent has whole goes as one HEADERS frame with END.
+   */
+  body?: Buffer;
 }
+
+/** Most body bytes a response head carries inline. */
+export const INLINE_BODY_BYTES = 16 * 1024;
 
 export interface ClientInfo {
   /** Random per agent process: tells replicas of one tunnel apart. */
@@ -116,6 +124,14 @@ export function decodeResponseHead(payload: Buffer): ResponseHead {
     throw new WarrenError('protocol_error', 'malformed response head: bad headers');
   const head: ResponseHead = { status: v.status, headers: v.headers };
   if (typeof v.statusText === 'string') head.statusText = v.statusText;
+  if (v.body !== undefined) {
+    if (!(v.body instanceof Uint8Array) || v.body.length > INLINE_BODY_BYTES) {
+      throw new WarrenError('protocol_error', 'malformed response head: bad body');
+    }
+    head.body = Buffer.isBuffer(v.body)
+      ? v.body
+      : Buffer.from(v.body.buffer, v.body.byteOffset, v.body.length);
+  }
   const err = v.error as Record<string, unknown> | undefined;
   if (err !== undefined) {
     if (

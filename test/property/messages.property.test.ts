@@ -105,6 +105,7 @@ const responseHead: fc.Arbitrary<ResponseHead> = record(
       ),
       message: anyText(64),
     }),
+    body: fc.uint8Array({ maxLength: 64 }).map((b) => Buffer.from(b)),
   },
   { requiredKeys: ['status', 'headers'] },
 );
@@ -380,6 +381,7 @@ describe('request and response heads (property)', () => {
         notArray.map((headers) => ({ ...h, headers })),
         fc.constant({ ...h, headers: [...h.headers, 'dangling-name'] }),
         notObject.map((error) => ({ ...h, error })),
+        fc.oneof(notBytes, fc.constant(Buffer.alloc(16 * 1024 + 1))).map((body) => ({ ...h, body })),
         fc.tuple(notString, fc.constantFrom('code', 'message')).map(([bad, k]) => ({
           ...h,
           error: { code: 'origin_timeout', message: 'm', [k]: bad },

@@ -12,7 +12,7 @@ import { OriginProxy, type OriginProxyInit } from '../../src/agent/origin-proxy.
 import { createEdgeTls } from '../../src/edge/ca.ts';
 import { type Clock, ManualClock, systemClock } from '../../src/shared/clock.ts';
 import { silentLogger } from '../../src/shared/log.ts';
-import type { RequestHead, ResponseHead } from '../../src/transport/messages.ts';
+import { INLINE_BODY_BYTES, type RequestHead, type ResponseHead } from '../../src/transport/messages.ts';
 import type { MuxStream } from '../../src/transport/session.ts';
 import { createMuxPair, type MuxPair } from '../support/mux-pair.ts';
 import { waitFor, withDeadline } from '../support/wait.ts';
@@ -54,7 +54,8 @@ function exchange(pair: MuxPair, head: RequestHead, body?: Buffer[]): Promise<Ex
   return withDeadline(
     new Promise<Exchange>((resolve, reject) => {
       stream.once('response', (h: ResponseHead) => {
-        const parts: Buffer[] = [];
+        // A small body may come inside the head; the stream carries the rest.
+        const parts: Buffer[] = h.body ? [h.body] : [];
         stream.on('data', (c: Buffer) => parts.push(c));
         stream.once('end', () => resolve({ head: h, body: Buffer.concat(parts) }));
       });
@@ -249,7 +250,8 @@ describe('origin proxy', () => {
     });
     const { pair } = await proxied({ originUrl: origin.url });
     const stream = pair.edge.openStream(get('/slow'), { endStream: true });
-    await withDeadline(once(stream, 'data'), 5000, 'no first part');
+    const [first] = (await withDeadline(once(stream, 'response'), 5000, 'no first part')) as [ResponseHead];
+    assert.equal(first.body?.toString(), 'first part');
     stream.reset();
     await withDeadline(
       waitFor(() => origin.accepted() === 1, { timeoutMs: 5000, message: 'origin connection' }).then(
@@ -343,5 +345,26 @@ describe('origin proxy', () => {
     });
     assert.equal(star.head.status, 502);
     assert.equal(star.head.error?.code, 'origin_request_invalid');
+  });
+
+  it('sends a small whole answer inside the head with END, and a large one as head, first bytes and DATA', async () => {
+    const big = Buffer.alloc(100 * 1024);
+    for (let i = 0; i < big.length; i++) big[i] = i % 251;
+    const origin = await countingOrigin((req, res) => {
+      if (req.url === '/small') res.end('tiny');
+      else res.end(big);
+    });
+    const { pair } = await proxied({ originUrl: origin.url });
+
+    const small = pair.edge.openStream(get('/small'), { endStream: true });
+    const [smallHead] = (await withDeadline(once(small, 'response'), 5000, 'no small answer')) as [
+      ResponseHead,
+    ];
+    assert.equal(smallHead.body?.toString(), 'tiny');
+    assert.equal(small.remoteEnded, true, 'the head carried END');
+
+    const { head, body } = await exchange(pair, get('/big'));
+    assert.ok((head.body?.length ?? 0) <= INLINE_BODY_BYTES);
+    assert.ok(body.equals(big), 'the inline bytes and the DATA frames make the whole body, in order');
   });
 });
