@@ -239,9 +239,9 @@ class OriginExchange {
    */
   #heldHead: ResponseHead | undefined;
   #heldBody: Buffer[] = [];
-  /** The request body, when there is one. */
-  body: RequestBody | undefined;
   #heldBytes = 0;
+  /** The request body, when there is one: what undici did not take of it is dropped at the end. */
+  body: RequestBody | undefined;
 
   constructor(proxy: OriginProxy, stream: MuxStream, client: Client) {
     this.#proxy = proxy;

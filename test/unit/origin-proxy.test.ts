@@ -73,11 +73,12 @@ const get = (target: string, headers: string[] = ['Host', 'app.test']): RequestH
   headers,
 });
 
-/** An HTTP origin that counts the connections it accepted and still holds. */
+/** An HTTP origin (HTTPS with `tls`) that counts the connections it accepted and still holds. */
 async function countingOrigin(
   handler: http.RequestListener,
+  tls?: { key: string; cert: string },
 ): Promise<{ url: URL; accepted: () => number; open: () => number }> {
-  const server = http.createServer(handler);
+  const server = tls ? https.createServer(tls, handler) : http.createServer(handler);
   let accepted = 0;
   const sockets = new Set<net.Socket>();
   server.on('connection', (s: net.Socket) => {
@@ -92,7 +93,12 @@ async function countingOrigin(
     server.close();
   });
   const { port } = server.address() as net.AddressInfo;
-  return { url: new URL(`http://127.0.0.1:${port}`), accepted: () => accepted, open: () => sockets.size };
+  const scheme = tls ? 'https' : 'http';
+  return {
+    url: new URL(`${scheme}://127.0.0.1:${port}`),
+    accepted: () => accepted,
+    open: () => sockets.size,
+  };
 }
 
 /** A TCP server that runs `onSocket` for each connection (for origins that do not speak proper HTTP). */
@@ -304,25 +310,16 @@ describe('origin proxy', () => {
 
   it('keeps one TLS connection to an https origin whatever Host the visitors use', async () => {
     const material = await createEdgeTls('origin.test');
-    const server = https.createServer(
-      { key: material.serverKeyPem, cert: material.serverCertPem },
-      (_req, res) => res.end('secure'),
-    );
-    let connections = 0;
-    server.on('secureConnection', () => connections++);
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    after(() => {
-      server.closeAllConnections();
-      server.close();
+    const origin = await countingOrigin((_req, res) => res.end('secure'), {
+      key: material.serverKeyPem,
+      cert: material.serverCertPem,
     });
-    const { port } = server.address() as net.AddressInfo;
-    const { pair } = await proxied({ originUrl: new URL(`https://127.0.0.1:${port}`), noTlsVerify: true });
+    const { pair } = await proxied({ originUrl: origin.url, noTlsVerify: true });
     for (let i = 0; i < 6; i++) {
       const { body } = await exchange(pair, get('/', ['Host', i % 2 === 0 ? 'a.test' : 'b.test']));
       assert.equal(body.toString(), 'secure');
     }
-    assert.equal(connections, 1);
+    assert.equal(origin.accepted(), 1);
   });
 
   it('sends the first of two Host headers, and answers 502 origin_request_invalid for a target undici cannot send', async () => {
