@@ -83,15 +83,6 @@ export class OriginPool {
     this.#idle.push(client);
   }
 
-  get connectTimeoutMs(): number {
-    return this.#init.connectTimeoutMs;
-  }
-
-  /** Idle clients right now (for tests and metrics). */
-  get idleCount(): number {
-    return this.#idle.length;
-  }
-
   /** Closes every connection, busy or idle. */
   close(): void {
     this.#closed = true;

@@ -348,6 +348,7 @@ export class OriginProxy {
   readonly #pool: OriginPool;
   readonly #upgradeRequest: typeof http.request;
   readonly #noTlsVerify: boolean;
+  readonly #connectTimeoutMs: number;
   readonly #hostHeader: string | undefined;
   readonly #sockets = new Set<Duplex>();
 
@@ -356,9 +357,10 @@ export class OriginProxy {
     this.#url = init.originUrl;
     const secure = init.originUrl.protocol === 'https:' || init.originUrl.protocol === 'wss:';
     this.#noTlsVerify = init.noTlsVerify === true;
+    this.#connectTimeoutMs = init.connectTimeoutMs ?? 30_000;
     this.#pool = new OriginPool(components.clock, {
       originUrl: init.originUrl,
-      connectTimeoutMs: init.connectTimeoutMs ?? 30_000,
+      connectTimeoutMs: this.#connectTimeoutMs,
       maxIdle: init.keepAliveConnections ?? 1024,
       noTlsVerify: this.#noTlsVerify,
     });
@@ -518,10 +520,6 @@ export class OriginProxy {
     stream.once('close', () => {
       if (!req.destroyed && !responseComplete) req.destroy();
     });
-  }
-
-  get #connectTimeoutMs(): number {
-    return this.#pool.connectTimeoutMs;
   }
 
   /** Closes pooled origin connections and any upgraded ones still open. */
